@@ -1,0 +1,12 @@
+"""HTTP adapters: one blueprint per resource, registered in one visible place."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from blueprints import api_keys, audit, health, openapi, projects, session, users
+
+    for module in (health, openapi, session, users, api_keys, projects, audit):
+        app.register_blueprint(module.bp)

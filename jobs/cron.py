@@ -1,0 +1,41 @@
+"""The periodic schedule, declared once as data, registered by `rq cron jobs/cron.py`.
+
+`rq cron` fires interval jobs immediately at start and has no lock between cron processes,
+so run exactly one `cron` process and keep every job here safe to run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# `rq cron` loads this file by path; make the project importable from any working directory.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rq import cron  # noqa: E402
+
+from jobs import maintenance  # noqa: E402
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    func: Callable[..., Any]
+    interval_s: int
+    timeout_s: int
+    queue: str = "maintenance"
+
+
+PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
+    PeriodicJob(maintenance.record_beat, interval_s=10, timeout_s=30),
+)
+
+for periodic in PERIODIC_JOBS:
+    cron.register(
+        periodic.func,
+        queue_name=periodic.queue,
+        interval=periodic.interval_s,
+        job_timeout=periodic.timeout_s,
+    )

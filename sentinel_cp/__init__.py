@@ -1,0 +1,1 @@
+"""Sentinel CP domain: plain Python contexts that the HTTP, console and job adapters call."""

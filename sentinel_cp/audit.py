@@ -1,0 +1,333 @@
+"""The audit log: one row per mutation, written in the mutation's own transaction.
+
+Rows are hash-chained per project (plus one "global" chain for users, API keys and sessions).
+Each row stores its chain, a gap-free sequence number, the previous row's hash and its own
+hash over a canonical JSON of everything it says. Inserts are serialized on the chain head
+row (`UPDATE … RETURNING` takes the row lock on PostgreSQL and the write lock on SQLite), so
+two writers can never fork a chain. `verify_chain` recomputes every hash and reports the first
+row that was edited, or the row after a deleted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Index, Integer, String, Text, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, mapped_column
+
+from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
+from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+
+GLOBAL_CHAIN = "global"
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did it: a user, an API key (acting for its creator), a node, or the system."""
+
+    type: str
+    id: str | None
+    label: str
+
+    @classmethod
+    def system(cls, component: str) -> Actor:
+        return cls("system", None, component)
+
+
+class AuditChainHead(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "audit_chain_heads"
+
+    chain: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64), nullable=False, default=GENESIS_HASH)
+
+
+class AuditLog(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "audit_logs"
+    __table_args__ = (
+        Index("uq_audit_logs_chain_seq", "chain", "seq", unique=True),
+        Index("ix_audit_logs_project_created", "project_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    chain: Mapped[str] = mapped_column(String(40), nullable=False)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    # No foreign key: the log outlives the projects it talks about, and nulling the column
+    # on delete would break the row's hash.
+    project_id: Mapped[uuid.UUID | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    actor_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    actor_id: Mapped[str | None] = mapped_column(String(64))
+    actor_label: Mapped[str] = mapped_column(String(255), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    resource_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    changes: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, nullable=False, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    entry_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "seq": self.seq,
+            "project_id": str(self.project_id) if self.project_id else None,
+            "created_at": _timestamp(self.created_at),
+            "actor": {"type": self.actor_type, "id": self.actor_id, "label": self.actor_label},
+            "action": self.action,
+            "resource": {"type": self.resource_type, "id": self.resource_id},
+            "changes": self.changes,
+            "metadata": self.meta,
+            "prev_hash": self.prev_hash,
+            "entry_hash": self.entry_hash,
+        }
+
+
+def _timestamp(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def chain_key(project_id: uuid.UUID | None) -> str:
+    return str(project_id) if project_id else GLOBAL_CHAIN
+
+
+def compute_hash(row: AuditLog) -> str:
+    """The SHA-256 over the canonical JSON of everything the row says, its link included."""
+    payload = {
+        "id": str(row.id),
+        "chain": row.chain,
+        "seq": row.seq,
+        "project_id": str(row.project_id) if row.project_id else None,
+        "created_at": _timestamp(row.created_at),
+        "actor_type": row.actor_type,
+        "actor_id": row.actor_id,
+        "actor_label": row.actor_label,
+        "action": row.action,
+        "resource_type": row.resource_type,
+        "resource_id": row.resource_id,
+        "changes": row.changes,
+        "metadata": row.meta,
+        "prev_hash": row.prev_hash,
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _advance_head(chain: str) -> tuple[int, str]:
+    """Lock the chain head and take the next sequence number; create the head on first use."""
+    session = db.session
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(AuditChainHead)
+        .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
+        .on_conflict_do_nothing(index_elements=["chain"])
+    )
+    seq, last_hash = session.execute(
+        update(AuditChainHead)
+        .where(AuditChainHead.chain == chain)
+        .values(seq=AuditChainHead.seq + 1)
+        .returning(AuditChainHead.seq, AuditChainHead.last_hash)
+    ).one()
+    return seq, last_hash
+
+
+def record(
+    actor: Actor,
+    action: str,
+    *,
+    resource_type: str,
+    resource_id: str | uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+    changes: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> AuditLog:
+    """Append one audit row in the caller's transaction (the caller commits)."""
+    chain = chain_key(project_id)
+    seq, prev_hash = _advance_head(chain)
+    row = AuditLog(
+        id=new_id(),
+        chain=chain,
+        seq=seq,
+        project_id=project_id,
+        created_at=now or utcnow(),
+        actor_type=actor.type,
+        actor_id=actor.id,
+        actor_label=actor.label[:255],
+        action=action,
+        resource_type=resource_type,
+        resource_id=str(resource_id) if resource_id is not None else None,
+        changes=_jsonable(changes or {}),
+        meta=_jsonable(metadata or {}),
+        prev_hash=prev_hash,
+    )
+    row.entry_hash = compute_hash(row)
+    db.session.add(row)
+    db.session.execute(
+        update(AuditChainHead)
+        .where(AuditChainHead.chain == chain)
+        .values(last_hash=row.entry_hash)
+    )
+    return row
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    """Round-trip through JSON so the hash sees exactly what the database will return."""
+    result: dict[str, Any] = json.loads(json.dumps(value, default=str))
+    return result
+
+
+@dataclass(frozen=True)
+class ChainVerdict:
+    valid: bool
+    checked: int
+    first_bad_id: str | None
+    reason: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "checked": self.checked,
+            "first_bad_id": self.first_bad_id,
+            "reason": self.reason,
+        }
+
+
+def verify_chain(project_id: uuid.UUID | None) -> ChainVerdict:
+    """Walk one chain in order and report the first row that does not hold."""
+    chain = chain_key(project_id)
+    expected_prev = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    rows = db.session.execute(
+        select(AuditLog).where(AuditLog.chain == chain).order_by(AuditLog.seq).execution_options(
+            yield_per=500
+        )
+    ).scalars()
+    for row in rows:
+        checked += 1
+        if row.seq != expected_seq:
+            return ChainVerdict(
+                False, checked, str(row.id), f"row {expected_seq} of the chain is missing"
+            )
+        if row.prev_hash != expected_prev:
+            return ChainVerdict(
+                False, checked, str(row.id), "link to the previous row does not match"
+            )
+        if compute_hash(row) != row.entry_hash:
+            return ChainVerdict(False, checked, str(row.id), "row content does not match its hash")
+        expected_prev = row.entry_hash
+        expected_seq += 1
+    head = db.session.get(AuditChainHead, chain)
+    if head is not None and (head.seq != expected_seq - 1 or head.last_hash != expected_prev):
+        return ChainVerdict(
+            False,
+            checked,
+            None,
+            f"chain head expects {head.seq} rows, found {expected_seq - 1}: the latest rows "
+            "were deleted",
+        )
+    return ChainVerdict(True, checked, None, None)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    actor: str | None = None
+    action: str | None = None
+    resource: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _filtered(project_id: uuid.UUID | None, filters: AuditFilter) -> Any:
+    query = select(AuditLog).where(AuditLog.chain == chain_key(project_id))
+    if filters.actor:
+        query = query.where(
+            (AuditLog.actor_id == filters.actor) | (AuditLog.actor_label == filters.actor)
+        )
+    if filters.action:
+        if filters.action.endswith(".*"):
+            query = query.where(AuditLog.action.startswith(filters.action[:-1], autoescape=True))
+        else:
+            query = query.where(AuditLog.action == filters.action)
+    if filters.resource:
+        kind, _, ident = filters.resource.partition(":")
+        query = query.where(AuditLog.resource_type == kind)
+        if ident:
+            query = query.where(AuditLog.resource_id == ident)
+    if filters.since:
+        query = query.where(AuditLog.created_at >= filters.since)
+    if filters.until:
+        query = query.where(AuditLog.created_at < filters.until)
+    return query
+
+
+def list_entries(
+    project_id: uuid.UUID | None, filters: AuditFilter, *, limit: int, cursor: str | None
+) -> Page[AuditLog]:
+    """Newest first; the cursor is the sequence number, stable under inserts."""
+    query = _filtered(project_id, filters)
+    total = db.session.scalar(select(db.func.count()).select_from(query.subquery())) or 0
+    if cursor is not None:
+        (before_seq,) = decode_cursor(cursor, (int,))
+        query = query.where(AuditLog.seq < before_seq)
+    rows = list(db.session.execute(query.order_by(AuditLog.seq.desc()).limit(limit + 1)).scalars())
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return Page(items=rows[:limit], next_cursor=next_cursor, total=total)
+
+
+EXPORT_LIMIT = 100_000
+CSV_COLUMNS = (
+    "seq id created_at actor_type actor_id actor_label action resource_type resource_id "
+    "changes metadata prev_hash entry_hash"
+).split()
+
+
+def export_entries(
+    project_id: uuid.UUID | None, filters: AuditFilter, fmt: str
+) -> Iterator[str]:
+    """Stream the chain oldest first as CSV or JSON lines (hashes included, so it can be re-checked)."""
+    query = _filtered(project_id, filters).order_by(AuditLog.seq).limit(EXPORT_LIMIT)
+    rows = db.session.execute(query.execution_options(yield_per=500)).scalars()
+    if fmt == "json":
+        for row in rows:
+            yield json.dumps(row.to_dict(), ensure_ascii=False) + "\n"
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                row.seq,
+                row.id,
+                _timestamp(row.created_at),
+                row.actor_type,
+                row.actor_id or "",
+                row.actor_label,
+                row.action,
+                row.resource_type,
+                row.resource_id or "",
+                json.dumps(row.changes, sort_keys=True),
+                json.dumps(row.meta, sort_keys=True),
+                row.prev_hash,
+                row.entry_hash,
+            ]
+        )
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.getvalue():
+        yield buffer.getvalue()

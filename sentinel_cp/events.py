@@ -1,0 +1,53 @@
+"""Change events on Redis pub/sub, published only after the transaction that caused them commits.
+
+`publish_after_commit` queues an event on the session; a listener publishes the queue when the
+session commits and drops it on rollback, so no page ever hears about a change that did not
+happen. Pub/sub is lossy by nature: readers load current state from the database and treat
+events as "something changed, look again".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from sentinel_cp import broker
+from sentinel_cp.db import db
+
+CHANNEL = "sentinel:events"
+_PENDING = "sentinel_pending_events"
+log = logging.getLogger(__name__)
+
+
+def publish_after_commit(project_id: object, kind: str, ident: object, state: str | None) -> None:
+    """Queue `{project, kind, id, state}` for publication when the current transaction commits."""
+    payload = {
+        "project": str(project_id) if project_id else None,
+        "kind": kind,
+        "id": str(ident) if ident is not None else None,
+        "state": state,
+    }
+    db.session.info.setdefault(_PENDING, []).append(payload)
+
+
+def publish_now(payload: dict[str, Any]) -> None:
+    try:
+        broker.connection().publish(CHANNEL, json.dumps(payload))
+    except redis.RedisError as exc:
+        log.warning("event not published: %s", exc.__class__.__name__)
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_pending(session: Session) -> None:
+    for payload in session.info.pop(_PENDING, []):
+        publish_now(payload)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)

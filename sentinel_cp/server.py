@@ -1,0 +1,166 @@
+"""The `web` process: migrate, create the first admin and project, serve the one-port app.
+
+With no `REDIS_URL` it is the whole embedded system: a fakeredis `TcpFakeServer` on a loopback
+port inside this process, and real `rq worker --with-scheduler` and `rq cron jobs/cron.py`
+child processes pointed at it (RQ's worker and cron install signal handlers, so they cannot run
+in a thread). The children are stopped with the server, and die with it even if it is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from sentinel_cp.config import ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("sentinel_cp.server")
+
+
+class EmbeddedRedis:
+    """fakeredis speaking the Redis protocol on 127.0.0.1, served from a daemon thread."""
+
+    def __init__(self) -> None:
+        from fakeredis import TcpFakeServer
+
+        self.server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+        host, port = self.server.server_address[:2]
+        self.url = f"redis://{host}:{port}/0"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="embedded-redis",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the child when this process dies, however it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Children:
+    """The worker and cron processes of the embedded system, restarted if they exit."""
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        from jobs import QUEUES
+
+        python = sys.executable
+        self.commands = {
+            "worker": [python, "-m", "rq.cli", "worker", "--url", redis_url, "--with-scheduler",
+                       "--logging_level", "WARNING", *QUEUES],
+            "cron": [python, "-m", "rq.cli", "cron", "--url", redis_url,
+                     "--logging-level", "WARNING", str(ROOT / "jobs" / "cron.py")],
+        }
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": settings.database_url,
+            "SENTINEL_DATA_DIR": str(settings.data_dir.resolve()),
+            "SECRET_KEY_BASE": settings.secret_key,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = threading.Event()
+        self.monitor = threading.Thread(target=self._watch, name="children", daemon=True)
+
+    def _spawn(self, name: str) -> None:
+        self.processes[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and args
+            self.commands[name], cwd=ROOT, env=self.env, preexec_fn=_die_with_parent
+        )
+        log.info("started %s (pid %s)", name, self.processes[name].pid)
+
+    def start(self) -> None:
+        for name in self.commands:
+            self._spawn(name)
+        self.monitor.start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(2):
+            for name, process in list(self.processes.items()):
+                if process.poll() is not None and not self.stopping.is_set():
+                    log.warning("%s exited with %s; restarting", name, process.returncode)
+                    self._spawn(name)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in 10 s; killing it", name)
+                process.kill()
+                process.wait()
+
+
+def prepare_database(app: object) -> None:
+    """Upgrade the schema to head and create the first admin and project, printing a
+    generated password once."""
+    from flask import Flask
+    from flask_migrate import upgrade
+
+    from sentinel_cp.bootstrap import ensure_initial_state
+
+    assert isinstance(app, Flask)
+    settings: Settings = app.config["SENTINEL_SETTINGS"]
+    with app.app_context():
+        upgrade()
+        first = ensure_initial_state(settings)
+    if first.admin_email:
+        lines = [f"Created admin {first.admin_email}"]
+        if first.generated_password:
+            lines.append(f"Generated password (shown once): {first.generated_password}")
+        print("\n".join(["", "=" * 60, *lines, "=" * 60, ""]), flush=True)  # noqa: T201
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from app import create_app, create_asgi
+
+    embedded = children = None
+    redis_url = settings.redis_url
+    if redis_url is None:
+        embedded = EmbeddedRedis()
+        embedded.start()
+        redis_url = embedded.url
+    flask_app = create_app({"REDIS_URL": redis_url}, settings=settings)
+    prepare_database(flask_app)
+    if embedded is not None:
+        children = Children(settings, redis_url)
+        children.start()
+    try:
+        asgi = create_asgi(flask_app)
+        print(f"Sentinel CP on http://{settings.host}:{settings.port}/", flush=True)  # noqa: T201
+        uvicorn.run(asgi, host=settings.host, port=settings.port, log_level="warning",
+                    access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+                    timeout_graceful_shutdown=5)
+    finally:
+        if children is not None:
+            children.stop()
+        if embedded is not None:
+            embedded.stop()
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"sentinel-cp: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+    serve(settings)
