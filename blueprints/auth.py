@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 from flask_login import current_user
 
-from sentinel_cp import accounts, throttle
+from sentinel_cp import accounts, sessions, throttle
 from sentinel_cp.accounts import Principal
 from sentinel_cp.errors import Forbidden, Unauthorized
 
@@ -51,7 +51,7 @@ def require_principal() -> Principal:
                                code="invalid_authorization")
         principal = accounts.authenticate_api_key(token.strip())
         subject = f"key:{principal.api_key.id}" if principal.api_key else client_address()
-    elif current_user.is_authenticated:
+    elif current_user.is_authenticated and not sessions.is_revoked(session.get("sid")):
         check_same_origin()
         principal = accounts.principal_for_user(current_user._get_current_object())
         subject = f"user:{principal.user.id}"

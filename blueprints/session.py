@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, session
+from flask import Blueprint, current_app, session
 from flask_login import current_user, login_user, logout_user
 
 from blueprints import auth
 from blueprints.api import route
 from blueprints.schemas import LoginIn, MeOut, SessionOut, StatusOut
-from sentinel_cp import accounts
+from sentinel_cp import accounts, sessions
 from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
 from sentinel_cp.projects import Project
@@ -24,6 +24,7 @@ def login(body: LoginIn) -> dict[str, str]:
     db.session.commit()
     session.clear()
     session.permanent = True
+    session["sid"] = sessions.new_session_id()
     login_user(user)
     return {"id": str(user.id), "email": user.email, "role": user.role}
 
@@ -35,6 +36,10 @@ def logout() -> dict[str, str]:
         auth.check_same_origin()
         accounts.record_logout(current_user._get_current_object(), address=auth.client_address())
         db.session.commit()
+        sid = session.get("sid")
+        if sid:
+            lifetime = current_app.permanent_session_lifetime.total_seconds()
+            sessions.revoke(sid, ttl_s=int(lifetime))
     logout_user()
     session.clear()
     return {"status": "ok"}

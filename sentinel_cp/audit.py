@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
+from sentinel_cp import events
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
 from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
 
@@ -180,6 +181,7 @@ def record(
         .where(AuditChainHead.chain == chain)
         .values(last_hash=row.entry_hash)
     )
+    events.publish_after_commit(project_id, "audit", row.id, action)
     return row
 
 

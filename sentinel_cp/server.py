@@ -78,7 +78,8 @@ class Children:
 
     def _spawn(self, name: str) -> None:
         self.processes[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and args
-            self.commands[name], cwd=ROOT, env=self.env, preexec_fn=_die_with_parent
+            self.commands[name], cwd=ROOT, env=self.env, preexec_fn=_die_with_parent,
+            start_new_session=True,  # its own process group: the worker forks a scheduler
         )
         log.info("started %s (pid %s)", name, self.processes[name].pid)
 
@@ -95,17 +96,24 @@ class Children:
                     self._spawn(name)
 
     def stop(self) -> None:
+        """SIGTERM each child's whole process group, wait, then SIGKILL what is left."""
         self.stopping.set()
         for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
+            _signal_group(process, signal.SIGTERM)
         for name, process in self.processes.items():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in 10 s; killing it", name)
-                process.kill()
-                process.wait()
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def prepare_database(app: object) -> None:

@@ -1,0 +1,90 @@
+"""The shared frame of every console page: header, project switcher, navigation, logout.
+
+It also re-checks the session every 30 seconds from the browser (a `fetch` of `/api/v1/me`
+carries the current cookie), so a logout in another tab, an expired session or a disabled
+user sends the page back to the login screen instead of leaving a live console open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from nicegui import app, ui
+
+from console.context import call
+from console.session import Operator
+from sentinel_cp import projects
+
+SESSION_CHECK_S = 30
+NAVIGATION = (("Dashboard", "/", "dashboard"),)
+ROLE_COLOURS = {"admin": "negative", "operator": "primary", "reader": "grey-7"}
+
+
+def _project_slugs() -> list[str]:
+    page = projects.list_projects(visible_to=None, limit=500, cursor=None)
+    return [p.slug for p in page.items]
+
+
+async def selected_project() -> str | None:
+    """The project this browser last chose, falling back to the first one."""
+    slugs = await call(_project_slugs)
+    chosen = app.storage.user.get("project")
+    if chosen in slugs:
+        return str(chosen)
+    return slugs[0] if slugs else None
+
+
+async def check_session() -> None:
+    status = await ui.run_javascript(
+        "return (await fetch('/api/v1/me', {credentials: 'same-origin'})).status", timeout=10
+    )
+    if status == 401:
+        ui.notify("Your session has ended; please log in again.", type="warning")
+        ui.navigate.to("/login?expired=1")
+
+
+async def logout() -> None:
+    await ui.run_javascript(
+        "await fetch('/api/v1/session', {method: 'DELETE', credentials: 'same-origin', "
+        "headers: {'Content-Type': 'application/json'}}); return true",
+        timeout=10,
+    )
+    ui.navigate.to("/login")
+
+
+@contextmanager
+def frame(operator: Operator, title: str, project: str | None, slugs: list[str]) -> Iterator[Any]:
+    """Lay out header and navigation, then yield the content column."""
+    ui.page_title(f"{title} · Sentinel CP")
+    ui.colors(primary="#1f4e79")
+    with ui.header().classes("items-center justify-between px-4 py-2 bg-primary"):
+        with ui.row().classes("items-center gap-4"):
+            ui.label("Sentinel CP").classes("text-h6 text-white").mark("brand")
+
+            def switch(event: Any) -> None:
+                app.storage.user["project"] = event.value
+                ui.navigate.reload()
+
+            ui.select(slugs, value=project, on_change=switch, label="Project").props(
+                "dense dark standout"
+            ).classes("min-w-[10rem]").mark("project-switcher")
+        with ui.row().classes("items-center gap-3"):
+            ui.label(operator.email).classes("text-white").mark("operator-email")
+            ui.badge(operator.role, color=ROLE_COLOURS.get(operator.role, "grey")).mark(
+                "operator-role"
+            )
+            ui.button("Log out", on_click=logout).props("flat color=white").mark("logout")
+    with ui.left_drawer(value=True, bordered=True).classes("bg-grey-1 w-48"):
+        for label, path, marker in NAVIGATION:
+            ui.link(label, path).classes("block py-1 text-body1").mark(f"nav-{marker}")
+    ui.timer(SESSION_CHECK_S, check_session)
+    with ui.column().classes("w-full max-w-6xl mx-auto p-4 gap-4") as content:
+        ui.label(title).classes("text-h5")
+        yield content
+
+
+async def page_context() -> tuple[str | None, list[str]]:
+    slugs = await call(_project_slugs)
+    return await selected_project(), slugs

@@ -1,0 +1,70 @@
+"""`sentinel-cp`: serve, migrate, verify the audit chain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sentinel_cp.config import ConfigError, load_settings
+
+
+def _app():  # type: ignore[no-untyped-def]
+    from app import create_app
+
+    return create_app()
+
+
+def cmd_serve(_args: argparse.Namespace) -> int:
+    from sentinel_cp.server import serve
+
+    serve(load_settings())
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from flask_migrate import upgrade
+
+    app = _app()
+    with app.app_context():
+        upgrade()
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when the chain holds, 1 when it does not (the JSON verdict names the row)."""
+    from sentinel_cp import audit, projects
+
+    app = _app()
+    with app.app_context():
+        project_id = projects.get_project(args.project).id if args.project else None
+        verdict = audit.verify_chain(project_id)
+    print(json.dumps({"chain": args.project or "global", **verdict.to_dict()}))  # noqa: T201
+    return 0 if verdict.valid else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sentinel-cp", description="Sentinel control plane")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the web process (embedded system without REDIS_URL)")
+    commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    audit_parser = commands.add_parser("audit", help="audit log tools")
+    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="verify a hash chain")
+    verify.add_argument("--project", help="project slug (default: the global chain)")
+    args = parser.parse_args(argv)
+
+    handlers = {"serve": cmd_serve, "migrate": cmd_migrate, "audit": cmd_audit_verify}
+    try:
+        code = handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"sentinel-cp: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        code = 2
+    except Exception as exc:
+        from sentinel_cp.errors import DomainError
+
+        if not isinstance(exc, DomainError):
+            raise
+        print(f"sentinel-cp: {exc.message}", file=sys.stderr)  # noqa: T201
+        code = 1
+    raise SystemExit(code)
