@@ -14,6 +14,7 @@ from flask_login import current_user
 
 from sentinel_cp import accounts, sessions, throttle
 from sentinel_cp.accounts import Principal
+from sentinel_cp.db import db
 from sentinel_cp.errors import Forbidden, Unauthorized
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -34,8 +35,10 @@ def check_same_origin() -> None:
         allowed = {request.host, current_app.config["PUBLIC_HOST"]}
         if netloc not in allowed:
             raise Forbidden("Cross-origin request refused", code="csrf_origin")
-    if request.get_data(cache=True) and request.mimetype != "application/json":
-        raise Forbidden("Cookie-authenticated requests must be JSON", code="csrf_content_type")
+    # Browsers send cross-site forms as form/text/multipart, never JSON without a preflight.
+    if request.mimetype != "application/json":
+        raise Forbidden("Cookie-authenticated requests must be JSON (Content-Type: "
+                        "application/json)", code="csrf_content_type")
 
 
 def require_principal() -> Principal:
@@ -50,6 +53,8 @@ def require_principal() -> Principal:
             raise Unauthorized("Authorization header must be 'Bearer <api key>'",
                                code="invalid_authorization")
         principal = accounts.authenticate_api_key(token.strip())
+        if db.session.dirty:
+            db.session.commit()  # `last_used_at`, kept even if the request later fails
         subject = f"key:{principal.api_key.id}" if principal.api_key else client_address()
     elif current_user.is_authenticated and not sessions.is_revoked(session.get("sid")):
         check_same_origin()

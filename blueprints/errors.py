@@ -90,8 +90,13 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import IntegrityError, OperationalError
         from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+        if isinstance(exc, IntegrityError):
+            # Two requests raced past a uniqueness check; the database kept exactly one.
+            return error_response(409, "Conflicting change; reload and retry",
+                                  "conflicting_change")
 
         if isinstance(exc, OperationalError | PoolTimeout):
             log.warning("database unavailable: %s", exc.__class__.__name__)

@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from blueprints.api import route
 from blueprints.schemas import HealthOut, ReadyOut
-from sentinel_cp import broker, metrics
+from sentinel_cp import broker, metrics, scheduling
 from sentinel_cp.db import db
 from sentinel_cp.errors import Unavailable
 
@@ -49,11 +49,13 @@ def ready() -> Response:
             metrics.READY.labels(name).set(0)
     if failing:
         response = jsonify({"error": f"Not ready: {', '.join(failing)} unavailable",
-                            "code": "not_ready", "status": "unavailable", "checks": checks})
+                            "code": "not_ready", "status": "unavailable", "checks": checks,
+                            "jobs_last_run_at": scheduling.last_beat()})
         response.status_code = 503
         response.headers["Retry-After"] = "5"
         return response
-    return jsonify({"status": "ready", "checks": checks})
+    return jsonify({"status": "ready", "checks": checks,
+                    "jobs_last_run_at": scheduling.last_beat()})
 
 
 @route(bp, "/metrics", summary="Prometheus metrics", auth_mode="public",

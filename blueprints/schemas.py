@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from sentinel_cp.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from sentinel_cp.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -42,7 +42,11 @@ class Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ErrorOut(Out):
+class ErrorOut(BaseModel):
+    """Extra keys (e.g. `checks` on 503 from `/ready`) may accompany an error."""
+
+    model_config = ConfigDict(extra="allow")
+
     error: str
     code: str
     fields: dict[str, list[str]] | None = None
@@ -122,7 +126,7 @@ class ApiKeyCreateIn(Body):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[str] = Field(min_length=1, max_length=len(Scope.__args__))  # type: ignore[attr-defined]
     project: str | None = Field(None, max_length=50)
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
 
 
 class ApiKeyOut(Out):
@@ -259,3 +263,6 @@ class HealthOut(Out):
 class ReadyOut(Out):
     status: str
     checks: dict[str, str]
+    jobs_last_run_at: str | None = Field(
+        description="When a periodic job last ran (cron → queue → worker alive)"
+    )

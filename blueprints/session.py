@@ -11,6 +11,7 @@ from blueprints.schemas import LoginIn, MeOut, SessionOut, StatusOut
 from sentinel_cp import accounts, sessions
 from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
+from sentinel_cp.errors import Unauthorized
 from sentinel_cp.projects import Project
 
 bp = Blueprint("session", __name__, url_prefix="/api/v1")
@@ -20,7 +21,11 @@ bp = Blueprint("session", __name__, url_prefix="/api/v1")
        body=LoginIn, response=SessionOut, responses={401: "invalid_credentials", 429: "throttled"})
 def login(body: LoginIn) -> dict[str, str]:
     auth.check_same_origin()
-    user = accounts.authenticate(body.email, body.password, address=auth.client_address())
+    try:
+        user = accounts.authenticate(body.email, body.password, address=auth.client_address())
+    except Unauthorized:
+        db.session.commit()  # keep the `session.login_failed` audit row
+        raise
     db.session.commit()
     session.clear()
     session.permanent = True

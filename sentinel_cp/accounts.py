@@ -358,11 +358,13 @@ def create_api_key(
     """Create a key for the principal's user; returns the row and the raw key (shown once)."""
     now = now or utcnow()
     scopes = validate_scopes(scopes)
-    beyond = sorted(set(scopes) - ROLE_SCOPES[principal.user.role])
+    # The ceiling is what the caller holds right now: a user's role, or a key's own scopes
+    # (already capped by its owner's role), so no key can mint a stronger key.
+    beyond = sorted(set(scopes) - principal.scopes)
     if beyond:
         raise Forbidden(
-            f"A key cannot hold more than its creator: {', '.join(beyond)} exceeds the "
-            f"{principal.user.role} role",
+            f"A key cannot hold more than its creator: {', '.join(beyond)} is not held by "
+            "the caller",
             code="scope_exceeds_role",
         )
     if principal.project_id is not None and project_id != principal.project_id:

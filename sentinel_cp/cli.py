@@ -22,6 +22,14 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(_args: argparse.Namespace) -> int:
+    """Migrate to head and create the first admin and project (what `web` does at start)."""
+    from sentinel_cp.server import prepare_database
+
+    prepare_database(_app())
+    return 0
+
+
 def cmd_migrate(_args: argparse.Namespace) -> int:
     from flask_migrate import upgrade
 
@@ -48,13 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the web process (embedded system without REDIS_URL)")
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    commands.add_parser("setup", help="migrate, then create the first admin and project")
     audit_parser = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="verify a hash chain")
     verify.add_argument("--project", help="project slug (default: the global chain)")
     args = parser.parse_args(argv)
 
-    handlers = {"serve": cmd_serve, "migrate": cmd_migrate, "audit": cmd_audit_verify}
+    handlers = {"serve": cmd_serve, "migrate": cmd_migrate, "setup": cmd_setup, "audit": cmd_audit_verify}
     try:
         code = handlers[args.command](args)
     except ConfigError as exc:
@@ -68,3 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sentinel-cp: {exc.message}", file=sys.stderr)  # noqa: T201
         code = 1
     raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+MAX_CURSOR_INT = 2**31 - 1  # the largest INTEGER both databases store
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> tuple[Any, ...]:
             raise ValueError("wrong arity")
         decoded = []
         for value, kind in zip(values, types, strict=True):
-            if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError("not an int")
+            if kind is int and (
+                not isinstance(value, int) or isinstance(value, bool)
+                or not 0 <= value <= MAX_CURSOR_INT
+            ):
+                raise ValueError("not an int a column can hold")
             decoded.append(kind(value))
         return tuple(decoded)
     except (ValueError, TypeError, UnicodeDecodeError):

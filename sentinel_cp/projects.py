@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import String, func, select
+from sqlalchemy import String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sentinel_cp import audit
@@ -151,6 +151,7 @@ def update_project(
     settings: dict[str, Any] | None = None, now: datetime | None = None,
 ) -> Project:
     """Rename and/or merge settings; only real changes are audited."""
+    now = now or utcnow()
     changes: dict[str, Any] = {}
     if name is not None and name != project.name:
         changes["name"] = [project.name, name]
@@ -163,16 +164,22 @@ def update_project(
             changes["settings"] = diff
             project.settings = merged
     if changes:
-        project.updated_at = now or utcnow()
+        project.updated_at = now
         audit.record(actor, "project.updated", resource_type="project", resource_id=project.id,
-                     project_id=project.id, changes=changes)
+                     project_id=project.id, changes=changes, now=now)
     return project
 
 
-def delete_project(actor: Actor, project: Project) -> None:
-    """Delete a project; its audit chain stays, and the deletion is recorded globally."""
+def delete_project(actor: Actor, project: Project, *, now: datetime | None = None) -> None:
+    """Delete a project and the API keys bound to it; its audit chain stays, and the
+    deletion (with the keys it removed) is recorded on the global chain."""
+    from sentinel_cp.accounts import ApiKey
+
+    bound = list(db.session.scalars(select(ApiKey.prefix).where(ApiKey.project_id == project.id)))
     audit.record(actor, "project.deleted", resource_type="project", resource_id=project.id,
-                 changes={"slug": project.slug, "name": project.name})
+                 changes={"slug": project.slug, "name": project.name,
+                          "api_keys_removed": sorted(bound)}, now=now)
+    db.session.execute(delete(ApiKey).where(ApiKey.project_id == project.id))
     db.session.delete(project)
 
 
@@ -180,15 +187,17 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def rotate_registration_token(actor: Actor, project: Project) -> str:
+def rotate_registration_token(actor: Actor, project: Project, *,
+                              now: datetime | None = None) -> str:
     """Issue a new registration token (the old one stops working); returned once."""
+    now = now or utcnow()
     token = REGISTRATION_TOKEN_PREFIX + secrets.token_urlsafe(32)
     rotated = project.registration_token_hash is not None
     project.registration_token_hash = _hash_token(token)
-    project.updated_at = utcnow()
+    project.updated_at = now
     audit.record(actor, "project.registration_token_rotated", resource_type="project",
                  resource_id=project.id, project_id=project.id,
-                 metadata={"replaced_previous": rotated})
+                 metadata={"replaced_previous": rotated}, now=now)
     return token
 
 

@@ -30,6 +30,9 @@ class EmbeddedRedis:
         from fakeredis import TcpFakeServer
 
         self.server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+        # A client blocked in BLPOP holds its handler thread forever; never wait for it.
+        self.server.daemon_threads = True
+        self.server.block_on_close = False
         host, port = self.server.server_address[:2]
         self.url = f"redis://{host}:{port}/0"
         self.thread = threading.Thread(target=self.server.serve_forever, name="embedded-redis",
@@ -136,8 +139,16 @@ def prepare_database(app: object) -> None:
         print("\n".join(["", "=" * 60, *lines, "=" * 60, ""]), flush=True)  # noqa: T201
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
+
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets
+    # the `finally` below stop the children and the embedded Redis, and exit 0.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     from app import create_app, create_asgi
 
