@@ -42,13 +42,22 @@ access_log = logging.getLogger("sentinel_cp.access")
 def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_timeout": 5,
-            "connect_args": {"connect_timeout": 5}}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_timeout": 5,
+        "connect_args": {"connect_timeout": 5},
+    }
 
 
-def create_app(overrides: Mapping[str, Any] | None = None, *,
-               settings: Settings | None = None) -> Flask:
-    """Build the Flask application; `overrides` replace Flask config keys (tests, embedded server)."""
+def create_app(
+    overrides: Mapping[str, Any] | None = None, *, settings: Settings | None = None
+) -> Flask:
+    """Build the Flask application.
+
+    `overrides` replace Flask config keys (tests, the embedded server).
+    """
     settings = settings or load_settings()
     configure_logging()
     app = Flask(__name__, instance_path=str(settings.data_dir.resolve()))
@@ -69,15 +78,17 @@ def create_app(overrides: Mapping[str, Any] | None = None, *,
         JSON_SORT_KEYS=False,
     )
     app.config.update(overrides or {})
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
-                          _engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config["SQLALCHEMY_DATABASE_URI"])
+    )
 
     db.init_app(app)
     migrate.init_app(app, db)
     login_manager.init_app(app)
     broker.configure(app.config["REDIS_URL"])
-    accounts.configure_password_hashing(time_cost=app.config["ARGON2_TIME_COST"],
-                                        memory_cost=app.config["ARGON2_MEMORY_COST"])
+    accounts.configure_password_hashing(
+        time_cost=app.config["ARGON2_TIME_COST"], memory_cost=app.config["ARGON2_MEMORY_COST"]
+    )
     app.extensions["sentinel_storage"] = storage.from_settings(settings)
     _import_models()
     register_error_handlers(app)
@@ -128,11 +139,19 @@ def _install_request_hooks(app: Flask) -> None:
         metrics.HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(endpoint).observe(elapsed)
         access_log.info(
-            "%s %s %s", request.method, request.path, response.status_code,
-            extra={"fields": {"method": request.method, "path": request.path,
-                              "status": response.status_code,
-                              "duration_ms": round(elapsed * 1000, 2),
-                              "remote": request.remote_addr}},
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "remote": request.remote_addr,
+                }
+            },
         )
         return response
 

@@ -6,6 +6,8 @@ import sys
 
 
 def main() -> None:
-    print("sentinel-agent: not available yet (node registration and heartbeats are not built)",
-          file=sys.stderr)
+    print(
+        "sentinel-agent: not available yet (node registration and heartbeats are not built)",
+        file=sys.stderr,
+    )
     raise SystemExit(2)

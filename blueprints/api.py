@@ -86,7 +86,8 @@ def parse_json_body(schema: type[BaseModel]) -> BaseModel:
 def parse_query(schema: type[BaseModel]) -> BaseModel:
     values: dict[str, Any] = {}
     list_fields = {
-        name for name, info in schema.model_fields.items()
+        name
+        for name, info in schema.model_fields.items()
         if getattr(info.annotation, "__origin__", None) is list
     }
     for key in request.args:
@@ -132,8 +133,10 @@ def route(
             if query is not None:
                 kwargs["query"] = parse_query(query)
             elif request.args and auth_mode == "operator":
-                raise Invalid("Unknown query parameters",
-                              fields={f"query.{k}": ["not accepted here"] for k in request.args})
+                raise Invalid(
+                    "Unknown query parameters",
+                    fields={f"query.{k}": ["not accepted here"] for k in request.args},
+                )
             return view(**kwargs)
 
         endpoint = f"{bp.name}.{view.__name__}"
@@ -159,4 +162,3 @@ def route(
 
 class _Empty(BaseModel):
     model_config = {"extra": "forbid"}
-

@@ -30,24 +30,46 @@ def _out(key: ApiKey, slugs: dict[object, str] | None = None) -> dict[str, objec
     return key.to_dict(slugs.get(key.project_id) if key.project_id else None)
 
 
-@route(bp, "/api-keys", summary="List API keys", scope=SCOPE, query=PageQuery,
-       response=ListOut[ApiKeyOut])
+@route(
+    bp,
+    "/api-keys",
+    summary="List API keys",
+    scope=SCOPE,
+    query=PageQuery,
+    response=ListOut[ApiKeyOut],
+)
 def list_keys(principal: Principal, query: PageQuery) -> dict[str, object]:
     page = accounts.list_api_keys(principal, limit=query.limit, cursor=query.cursor)
     slugs = _slugs(page.items)
     db.session.commit()
-    return {"items": [_out(k, slugs) for k in page.items], "next_cursor": page.next_cursor,
-            "total": page.total}
+    return {
+        "items": [_out(k, slugs) for k in page.items],
+        "next_cursor": page.next_cursor,
+        "total": page.total,
+    }
 
 
-@route(bp, "/api-keys", "POST", summary="Create an API key; the raw key is in this response only",
-       scope=SCOPE, body=ApiKeyCreateIn, response=ApiKeyCreatedOut, status=201)
+@route(
+    bp,
+    "/api-keys",
+    "POST",
+    summary="Create an API key; the raw key is in this response only",
+    scope=SCOPE,
+    body=ApiKeyCreateIn,
+    response=ApiKeyCreatedOut,
+    status=201,
+)
 def create_key(principal: Principal, body: ApiKeyCreateIn) -> tuple[dict[str, object], int]:
     project_id = None
     if body.project is not None:
         project_id = projects.get_project(body.project, visible_to=principal.project_id).id
-    key, raw = accounts.create_api_key(principal, name=body.name, scopes=body.scopes,
-                                       project_id=project_id, expires_at=body.expires_at)
+    key, raw = accounts.create_api_key(
+        principal,
+        name=body.name,
+        scopes=body.scopes,
+        project_id=project_id,
+        expires_at=body.expires_at,
+    )
     result = {**_out(key), "key": raw}
     db.session.commit()
     return result, 201
@@ -61,8 +83,14 @@ def show_key(principal: Principal, key_id: str) -> dict[str, object]:
     return result
 
 
-@route(bp, "/api-keys/<key_id>/revoke", "POST", summary="Revoke an API key (idempotent)",
-       scope=SCOPE, response=ApiKeyOut)
+@route(
+    bp,
+    "/api-keys/<key_id>/revoke",
+    "POST",
+    summary="Revoke an API key (idempotent)",
+    scope=SCOPE,
+    response=ApiKeyOut,
+)
 def revoke_key(principal: Principal, key_id: str) -> dict[str, object]:
     key = accounts.revoke_api_key(principal, parse_uuid(key_id, "key_id"))
     result = _out(key)

@@ -25,8 +25,13 @@ def _filters(query: AuditQuery | AuditExportQuery) -> audit.AuditFilter:
             return None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    return audit.AuditFilter(actor=query.actor, action=query.action, resource=query.resource,
-                             since=utc(query.since), until=utc(query.until))
+    return audit.AuditFilter(
+        actor=query.actor,
+        action=query.action,
+        resource=query.resource,
+        since=utc(query.since),
+        until=utc(query.until),
+    )
 
 
 def _global_chain(principal: Principal) -> None:
@@ -37,55 +42,95 @@ def _global_chain(principal: Principal) -> None:
 def _list(project_id: uuid.UUID | None, query: AuditQuery) -> dict[str, object]:
     page = audit.list_entries(project_id, _filters(query), limit=query.limit, cursor=query.cursor)
     db.session.commit()
-    return {"items": [row.to_dict() for row in page.items], "next_cursor": page.next_cursor,
-            "total": page.total}
+    return {
+        "items": [row.to_dict() for row in page.items],
+        "next_cursor": page.next_cursor,
+        "total": page.total,
+    }
 
 
 def _export(project_id: uuid.UUID | None, query: AuditExportQuery, name: str) -> Response:
     mimetype = "text/csv" if query.format == "csv" else "application/x-ndjson"
     extension = "csv" if query.format == "csv" else "jsonl"
     body = stream_with_context(audit.export_entries(project_id, _filters(query), query.format))
-    return Response(body, mimetype=mimetype, headers={
-        "Content-Disposition": f'attachment; filename="audit-{name}.{extension}"'})
+    return Response(
+        body,
+        mimetype=mimetype,
+        headers={"Content-Disposition": f'attachment; filename="audit-{name}.{extension}"'},
+    )
 
 
-@route(bp, "/projects/<slug>/audit", summary="List a project's audit entries, newest first",
-       scope=SCOPE, query=AuditQuery, response=ListOut[AuditEntryOut])
+@route(
+    bp,
+    "/projects/<slug>/audit",
+    summary="List a project's audit entries, newest first",
+    scope=SCOPE,
+    query=AuditQuery,
+    response=ListOut[AuditEntryOut],
+)
 def project_audit(principal: Principal, slug: str, query: AuditQuery) -> dict[str, object]:
     return _list(visible_project(principal, slug).id, query)
 
 
-@route(bp, "/projects/<slug>/audit/export", summary="Export a project's audit chain",
-       scope=SCOPE, query=AuditExportQuery, produces="text/csv")
+@route(
+    bp,
+    "/projects/<slug>/audit/export",
+    summary="Export a project's audit chain",
+    scope=SCOPE,
+    query=AuditExportQuery,
+    produces="text/csv",
+)
 def project_audit_export(principal: Principal, slug: str, query: AuditExportQuery) -> Response:
     project = visible_project(principal, slug)
     return _export(project.id, query, project.slug)
 
 
-@route(bp, "/projects/<slug>/audit/verify", summary="Verify a project's audit hash chain",
-       scope=SCOPE, response=AuditVerifyOut)
+@route(
+    bp,
+    "/projects/<slug>/audit/verify",
+    summary="Verify a project's audit hash chain",
+    scope=SCOPE,
+    response=AuditVerifyOut,
+)
 def project_audit_verify(principal: Principal, slug: str) -> dict[str, object]:
     verdict = audit.verify_chain(visible_project(principal, slug).id)
     db.session.commit()
     return verdict.to_dict()
 
 
-@route(bp, "/audit", summary="List global audit entries (users, keys, sessions, projects)",
-       scope=SCOPE, query=AuditQuery, response=ListOut[AuditEntryOut])
+@route(
+    bp,
+    "/audit",
+    summary="List global audit entries (users, keys, sessions, projects)",
+    scope=SCOPE,
+    query=AuditQuery,
+    response=ListOut[AuditEntryOut],
+)
 def global_audit(principal: Principal, query: AuditQuery) -> dict[str, object]:
     _global_chain(principal)
     return _list(None, query)
 
 
-@route(bp, "/audit/export", summary="Export the global audit chain", scope=SCOPE,
-       query=AuditExportQuery, produces="text/csv")
+@route(
+    bp,
+    "/audit/export",
+    summary="Export the global audit chain",
+    scope=SCOPE,
+    query=AuditExportQuery,
+    produces="text/csv",
+)
 def global_audit_export(principal: Principal, query: AuditExportQuery) -> Response:
     _global_chain(principal)
     return _export(None, query, "global")
 
 
-@route(bp, "/audit/verify", summary="Verify the global audit hash chain", scope=SCOPE,
-       response=AuditVerifyOut)
+@route(
+    bp,
+    "/audit/verify",
+    summary="Verify the global audit hash chain",
+    scope=SCOPE,
+    response=AuditVerifyOut,
+)
 def global_audit_verify(principal: Principal) -> dict[str, object]:
     _global_chain(principal)
     verdict = audit.verify_chain(None)

@@ -37,8 +37,10 @@ def check_same_origin() -> None:
             raise Forbidden("Cross-origin request refused", code="csrf_origin")
     # Browsers send cross-site forms as form/text/multipart, never JSON without a preflight.
     if request.mimetype != "application/json":
-        raise Forbidden("Cookie-authenticated requests must be JSON (Content-Type: "
-                        "application/json)", code="csrf_content_type")
+        raise Forbidden(
+            "Cookie-authenticated requests must be JSON (Content-Type: application/json)",
+            code="csrf_content_type",
+        )
 
 
 def require_principal() -> Principal:
@@ -50,8 +52,9 @@ def require_principal() -> Principal:
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Authorization header must be 'Bearer <api key>'",
-                               code="invalid_authorization")
+            raise Unauthorized(
+                "Authorization header must be 'Bearer <api key>'", code="invalid_authorization"
+            )
         principal = accounts.authenticate_api_key(token.strip())
         if db.session.dirty:
             db.session.commit()  # `last_used_at`, kept even if the request later fails

@@ -54,9 +54,7 @@ def error_response(status: int, message: str, code: str, **extra: object) -> Res
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def domain_error(exc: DomainError) -> Response:
-        status = next(
-            (s for kind, s in STATUS_BY_ERROR.items() if isinstance(exc, kind)), 400
-        )
+        status = next((s for kind, s in STATUS_BY_ERROR.items() if isinstance(exc, kind)), 400)
         extra: dict[str, object] = dict(exc.details)
         if isinstance(exc, Invalid) and exc.fields:
             extra["fields"] = exc.fields
@@ -71,16 +69,18 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(UnsupportedMediaType)
     def unsupported(exc: UnsupportedMediaType) -> Response:
-        return error_response(415, "Request body must be application/json",
-                              "unsupported_media_type")
+        return error_response(
+            415, "Request body must be application/json", "unsupported_media_type"
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
-            return error_response(413, f"Request body exceeds the limit of {limit} bytes",
-                                  "body_too_large")
+            return error_response(
+                413, f"Request body exceeds the limit of {limit} bytes", "body_too_large"
+            )
         message = {404: "Not found", 405: "Method not allowed"}.get(status, exc.name)
         response = error_response(status, message, HTTP_CODES.get(status, "http_error"))
         valid_methods = getattr(exc, "valid_methods", None)
@@ -95,13 +95,11 @@ def register_error_handlers(app: Flask) -> None:
 
         if isinstance(exc, IntegrityError):
             # Two requests raced past a uniqueness check; the database kept exactly one.
-            return error_response(409, "Conflicting change; reload and retry",
-                                  "conflicting_change")
+            return error_response(409, "Conflicting change; reload and retry", "conflicting_change")
 
         if isinstance(exc, OperationalError | PoolTimeout):
             log.warning("database unavailable: %s", exc.__class__.__name__)
-            response = error_response(503, "Database unavailable; try again shortly",
-                                      "unavailable")
+            response = error_response(503, "Database unavailable; try again shortly", "unavailable")
             response.headers["Retry-After"] = "5"
             return response
         log.exception("unhandled error")

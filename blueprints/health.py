@@ -29,8 +29,14 @@ def _check_database() -> None:
         raise Unavailable(f"database unreachable: {exc.__class__.__name__}") from None
 
 
-@route(bp, "/ready", summary="Database, Redis and storage are reachable (503 names what is not)",
-       auth_mode="public", response=ReadyOut, responses={503: "not_ready"})
+@route(
+    bp,
+    "/ready",
+    summary="Database, Redis and storage are reachable (503 names what is not)",
+    auth_mode="public",
+    response=ReadyOut,
+    responses={503: "not_ready"},
+)
 def ready() -> Response:
     checks: dict[str, str] = {}
     failing: list[str] = []
@@ -48,17 +54,23 @@ def ready() -> Response:
             failing.append(name)
             metrics.READY.labels(name).set(0)
     if failing:
-        response = jsonify({"error": f"Not ready: {', '.join(failing)} unavailable",
-                            "code": "not_ready", "status": "unavailable", "checks": checks,
-                            "jobs_last_run_at": scheduling.last_beat()})
+        response = jsonify(
+            {
+                "error": f"Not ready: {', '.join(failing)} unavailable",
+                "code": "not_ready",
+                "status": "unavailable",
+                "checks": checks,
+                "jobs_last_run_at": scheduling.last_beat(),
+            }
+        )
         response.status_code = 503
         response.headers["Retry-After"] = "5"
         return response
-    return jsonify({"status": "ready", "checks": checks,
-                    "jobs_last_run_at": scheduling.last_beat()})
+    return jsonify(
+        {"status": "ready", "checks": checks, "jobs_last_run_at": scheduling.last_beat()}
+    )
 
 
-@route(bp, "/metrics", summary="Prometheus metrics", auth_mode="public",
-       produces="text/plain")
+@route(bp, "/metrics", summary="Prometheus metrics", auth_mode="public", produces="text/plain")
 def prometheus() -> Response:
     return Response(generate_latest(metrics.REGISTRY), mimetype=CONTENT_TYPE_LATEST)

@@ -80,12 +80,14 @@ def build_document(app: Flask) -> dict[str, Any]:
             query_schema = spec.query.model_json_schema()
             required = set(query_schema.get("required", []))
             for name, prop in query_schema.get("properties", {}).items():
-                parameters.append({"name": name, "in": "query", "required": name in required,
-                                   "schema": prop})
+                parameters.append(
+                    {"name": name, "in": "query", "required": name in required, "schema": prop}
+                )
         success: dict[str, Any] = {"description": spec.summary}
         if spec.response is not None:
-            success["content"] = {"application/json": {"schema": ref(spec.response,
-                                                                     "serialization")}}
+            success["content"] = {
+                "application/json": {"schema": ref(spec.response, "serialization")}
+            }
         elif spec.produces != "application/json":
             success["content"] = {spec.produces: {"schema": {"type": "string"}}}
         responses: dict[str, Any] = {str(spec.status): success}
@@ -127,8 +129,11 @@ def build_document(app: Flask) -> dict[str, Any]:
         "components": {
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer",
-                               "description": "An API key: `sk_…`"},
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key: `sk_…`",
+                },
                 "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sentinel_session"},
             },
         },
@@ -143,8 +148,13 @@ def openapi_document() -> Response:
     return jsonify(document)
 
 
-@route(bp, "/api/docs", summary="Human-readable API reference", auth_mode="public",
-       produces="text/html")
+@route(
+    bp,
+    "/api/docs",
+    summary="Human-readable API reference",
+    auth_mode="public",
+    produces="text/html",
+)
 def api_docs() -> Response:
     document = build_document(current_app)
     parts = [
@@ -160,11 +170,12 @@ def api_docs() -> Response:
     by_tag: dict[str, list[str]] = {}
     for path, operations in document["paths"].items():
         for method, op in operations.items():
+            auth_note = "" if op["security"] else "No authentication."
             codes = ", ".join(k for k in op["responses"])
             row = (
                 f'<p><span class="m">{method.upper()}</span><code>{html.escape(path)}</code> — '
                 f"{html.escape(op['summary'])}<br><span class=s>"
-                f"{html.escape(op.get('description', 'No authentication.' if not op['security'] else ''))}"
+                f"{html.escape(op.get('description', auth_note))}"
                 f" Responses: {codes}.</span></p>"
             )
             by_tag.setdefault(op["tags"][0], []).append(row)

@@ -28,23 +28,43 @@ def visible_project(principal: Principal, slug: str) -> projects.Project:
     return projects.get_project(slug, visible_to=principal.project_id)
 
 
-@route(bp, "/projects", summary="List projects visible to the caller", query=PageQuery,
-       response=ListOut[ProjectOut])
+@route(
+    bp,
+    "/projects",
+    summary="List projects visible to the caller",
+    query=PageQuery,
+    response=ListOut[ProjectOut],
+)
 def list_projects(principal: Principal, query: PageQuery) -> dict[str, object]:
-    page = projects.list_projects(visible_to=principal.project_id, limit=query.limit,
-                                  cursor=query.cursor)
+    page = projects.list_projects(
+        visible_to=principal.project_id, limit=query.limit, cursor=query.cursor
+    )
     db.session.commit()
-    return {"items": [p.to_dict() for p in page.items], "next_cursor": page.next_cursor,
-            "total": page.total}
+    return {
+        "items": [p.to_dict() for p in page.items],
+        "next_cursor": page.next_cursor,
+        "total": page.total,
+    }
 
 
-@route(bp, "/projects", "POST", summary="Create a project", scope=ADMIN, body=ProjectCreateIn,
-       response=ProjectOut, status=201, responses={409: "slug_taken"})
+@route(
+    bp,
+    "/projects",
+    "POST",
+    summary="Create a project",
+    scope=ADMIN,
+    body=ProjectCreateIn,
+    response=ProjectOut,
+    status=201,
+    responses={409: "slug_taken"},
+)
 def create_project(principal: Principal, body: ProjectCreateIn) -> tuple[dict[str, object], int]:
     if principal.project_id is not None:
         raise Forbidden("A project-bound key cannot create projects", code="project_binding")
     project = projects.create_project(
-        principal.actor, slug=body.slug, name=body.name,
+        principal.actor,
+        slug=body.slug,
+        name=body.name,
         settings=body.settings.given() if body.settings else None,
     )
     db.session.commit()
@@ -58,18 +78,30 @@ def show_project(principal: Principal, slug: str) -> dict[str, object]:
     return project.to_dict()
 
 
-@route(bp, "/projects/<slug>", "PATCH", summary="Rename a project or merge settings",
-       scope=ADMIN, body=ProjectPatchIn, response=ProjectOut)
+@route(
+    bp,
+    "/projects/<slug>",
+    "PATCH",
+    summary="Rename a project or merge settings",
+    scope=ADMIN,
+    body=ProjectPatchIn,
+    response=ProjectOut,
+)
 def update_project(principal: Principal, slug: str, body: ProjectPatchIn) -> dict[str, object]:
     project = visible_project(principal, slug)
-    projects.update_project(principal.actor, project, name=body.name,
-                            settings=body.settings.given() if body.settings else None)
+    projects.update_project(
+        principal.actor,
+        project,
+        name=body.name,
+        settings=body.settings.given() if body.settings else None,
+    )
     db.session.commit()
     return project.to_dict()
 
 
-@route(bp, "/projects/<slug>", "DELETE", summary="Delete a project", scope=ADMIN,
-       response=StatusOut)
+@route(
+    bp, "/projects/<slug>", "DELETE", summary="Delete a project", scope=ADMIN, response=StatusOut
+)
 def delete_project(principal: Principal, slug: str) -> dict[str, str]:
     project = visible_project(principal, slug)
     projects.delete_project(principal.actor, project)
@@ -77,9 +109,15 @@ def delete_project(principal: Principal, slug: str) -> dict[str, str]:
     return {"status": "deleted"}
 
 
-@route(bp, "/projects/<slug>/registration-token", "POST",
-       summary="Rotate the node registration token; the token is in this response only",
-       scope=ADMIN, response=TokenOut, status=201)
+@route(
+    bp,
+    "/projects/<slug>/registration-token",
+    "POST",
+    summary="Rotate the node registration token; the token is in this response only",
+    scope=ADMIN,
+    response=TokenOut,
+    status=201,
+)
 def rotate_registration_token(principal: Principal, slug: str) -> tuple[dict[str, str], int]:
     project = visible_project(principal, slug)
     token = projects.rotate_registration_token(principal.actor, project)

@@ -106,8 +106,9 @@ class UserCreateIn(Body):
 class UserPatchIn(Body):
     role: Role | None = None
     disabled: bool | None = None
-    password: str | None = Field(None, min_length=MIN_PASSWORD_LENGTH,
-                                 max_length=MAX_PASSWORD_LENGTH)
+    password: str | None = Field(
+        None, min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH
+    )
 
 
 class UserOut(Out):

@@ -1,4 +1,7 @@
-"""Login and logout (`/api/v1/session`) and `/api/v1/me`: one Flask-Login session for API and console."""
+"""Login, logout (`/api/v1/session`) and `/api/v1/me`.
+
+One Flask-Login session serves both the API and the console.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +20,16 @@ from sentinel_cp.projects import Project
 bp = Blueprint("session", __name__, url_prefix="/api/v1")
 
 
-@route(bp, "/session", "POST", summary="Log in with email and password", auth_mode="public",
-       body=LoginIn, response=SessionOut, responses={401: "invalid_credentials", 429: "throttled"})
+@route(
+    bp,
+    "/session",
+    "POST",
+    summary="Log in with email and password",
+    auth_mode="public",
+    body=LoginIn,
+    response=SessionOut,
+    responses={401: "invalid_credentials", 429: "throttled"},
+)
 def login(body: LoginIn) -> dict[str, str]:
     auth.check_same_origin()
     try:
@@ -34,8 +45,14 @@ def login(body: LoginIn) -> dict[str, str]:
     return {"id": str(user.id), "email": user.email, "role": user.role}
 
 
-@route(bp, "/session", "DELETE", summary="Log out (ends this browser's session)",
-       auth_mode="public", response=StatusOut)
+@route(
+    bp,
+    "/session",
+    "DELETE",
+    summary="Log out (ends this browser's session)",
+    auth_mode="public",
+    response=StatusOut,
+)
 def logout() -> dict[str, str]:
     if current_user.is_authenticated:
         auth.check_same_origin()
@@ -50,15 +67,23 @@ def logout() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@route(bp, "/me", summary="The authenticated caller, its role and effective scopes",
-       response=MeOut)
+@route(bp, "/me", summary="The authenticated caller, its role and effective scopes", response=MeOut)
 def me(principal: Principal) -> dict[str, object]:
     key = principal.api_key
     key_info = None
     if key is not None:
         project = db.session.get(Project, key.project_id) if key.project_id else None
-        key_info = {"id": str(key.id), "name": key.name, "prefix": key.prefix,
-                    "project": project.slug if project else None}
+        key_info = {
+            "id": str(key.id),
+            "name": key.name,
+            "prefix": key.prefix,
+            "project": project.slug if project else None,
+        }
     db.session.commit()
-    return {"id": str(principal.user.id), "email": principal.user.email,
-            "role": principal.user.role, "scopes": sorted(principal.scopes), "api_key": key_info}
+    return {
+        "id": str(principal.user.id),
+        "email": principal.user.email,
+        "role": principal.user.role,
+        "scopes": sorted(principal.scopes),
+        "api_key": key_info,
+    }

@@ -23,22 +23,34 @@ def _require_unbound(principal: Principal) -> None:
         raise Forbidden("A project-bound key cannot manage users", code="project_binding")
 
 
-@route(bp, "/users", summary="List users", scope=SCOPE, query=PageQuery,
-       response=ListOut[UserOut])
+@route(bp, "/users", summary="List users", scope=SCOPE, query=PageQuery, response=ListOut[UserOut])
 def list_users(principal: Principal, query: PageQuery) -> dict[str, object]:
     _require_unbound(principal)
     page = accounts.list_users(limit=query.limit, cursor=query.cursor)
     db.session.commit()
-    return {"items": [u.to_dict() for u in page.items], "next_cursor": page.next_cursor,
-            "total": page.total}
+    return {
+        "items": [u.to_dict() for u in page.items],
+        "next_cursor": page.next_cursor,
+        "total": page.total,
+    }
 
 
-@route(bp, "/users", "POST", summary="Create a user", scope=SCOPE, body=UserCreateIn,
-       response=UserOut, status=201, responses={409: "email_taken"})
+@route(
+    bp,
+    "/users",
+    "POST",
+    summary="Create a user",
+    scope=SCOPE,
+    body=UserCreateIn,
+    response=UserOut,
+    status=201,
+    responses={409: "email_taken"},
+)
 def create_user(principal: Principal, body: UserCreateIn) -> tuple[dict[str, object], int]:
     _require_unbound(principal)
-    user = accounts.create_user(principal.actor, email=body.email, password=body.password,
-                                role=body.role)
+    user = accounts.create_user(
+        principal.actor, email=body.email, password=body.password, role=body.role
+    )
     db.session.commit()
     return user.to_dict(), 201
 
@@ -49,12 +61,21 @@ def show_user(principal: Principal, user_id: str) -> dict[str, object]:
     return accounts.get_user(parse_uuid(user_id, "user_id")).to_dict()
 
 
-@route(bp, "/users/<user_id>", "PATCH", summary="Change role, disable, or set a new password",
-       scope=SCOPE, body=UserPatchIn, response=UserOut, responses={409: "last_admin"})
+@route(
+    bp,
+    "/users/<user_id>",
+    "PATCH",
+    summary="Change role, disable, or set a new password",
+    scope=SCOPE,
+    body=UserPatchIn,
+    response=UserOut,
+    responses={409: "last_admin"},
+)
 def update_user(principal: Principal, user_id: str, body: UserPatchIn) -> dict[str, object]:
     _require_unbound(principal)
     target: uuid.UUID = parse_uuid(user_id, "user_id")
-    user = accounts.update_user(principal.actor, target, role=body.role, disabled=body.disabled,
-                                password=body.password)
+    user = accounts.update_user(
+        principal.actor, target, role=body.role, disabled=body.disabled, password=body.password
+    )
     db.session.commit()
     return user.to_dict()

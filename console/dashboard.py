@@ -40,15 +40,16 @@ def _overview(slug: str) -> dict[str, Any]:
 
 
 @ui.page("/")
-async def dashboard_page(request: Request):  # noqa: ANN201
+async def dashboard_page(request: Request):
     operator = await current_operator(request)
     if operator is None:
         return RedirectResponse("/login?next=/")
     slug, slugs = await page_context()
     with frame(operator, "Dashboard", slug, slugs):
         if slug is None:
-            ui.label("There are no projects yet. An admin can create one with "
-                     "POST /api/v1/projects.").mark("no-projects")
+            ui.label(
+                "There are no projects yet. An admin can create one with POST /api/v1/projects."
+            ).mark("no-projects")
             return None
         data = await call(_overview, slug)
         settings = data["project"]["settings"]
@@ -58,26 +59,35 @@ async def dashboard_page(request: Request):  # noqa: ANN201
                 f"This project, **{data['project']['name']}** (`{slug}`), has no nodes yet.\n\n"
                 "1. Create a node registration token: "
                 f"`POST /api/v1/projects/{slug}/registration-token` (admins).\n"
-                "2. Start `sentinel-agent` beside each proxy with that token; nodes then "
-                f"heartbeat every {settings['heartbeat_interval_s']} s and go offline after "
+                "2. Node registration, bundles and rollouts are being built (see the README's "
+                "status section); nodes will heartbeat every "
+                f"{settings['heartbeat_interval_s']} s and go offline after "
                 f"{settings['staleness_timeout_s']} s of silence.\n"
-                "3. Submit your KDL configuration as a bundle, then roll it out.\n\n"
+                "3. Meanwhile: add operators (`POST /api/v1/users`) and tune this project's "
+                f"settings (`PATCH /api/v1/projects/{slug}`).\n\n"
                 "The API reference is at [/api/docs](/api/docs); automation uses API keys "
                 "(`POST /api/v1/api-keys`)."
             )
         with ui.card().classes("w-full"):
             with ui.row().classes("items-center justify-between w-full"):
                 ui.label("Recent activity").classes("text-h6")
-                total = ui.label(f"{data['audit_total']} audited changes").classes(
-                    "text-grey-7").mark("audit-total")
+                total = (
+                    ui.label(f"{data['audit_total']} audited changes")
+                    .classes("text-grey-7")
+                    .mark("audit-total")
+                )
             columns = [
                 {"name": "when", "label": "When (UTC)", "field": "when", "align": "left"},
                 {"name": "actor", "label": "Actor", "field": "actor", "align": "left"},
                 {"name": "action", "label": "Action", "field": "action", "align": "left"},
                 {"name": "resource", "label": "Resource", "field": "resource", "align": "left"},
             ]
-            table = ui.table(columns=columns, rows=data["recent"], row_key="when").classes(
-                "w-full").props("flat dense").mark("recent-audit")
+            table = (
+                ui.table(columns=columns, rows=data["recent"], row_key="when")
+                .classes("w-full")
+                .props("flat dense")
+                .mark("recent-audit")
+            )
 
         project_id = data["project"]["id"]
 

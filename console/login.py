@@ -22,7 +22,7 @@ def _safe_next(value: str | None) -> str:
 
 
 @ui.page("/login")
-async def login_page(request: Request, next: str | None = None, expired: str | None = None):  # noqa: A002, ANN201
+async def login_page(request: Request, next: str | None = None, expired: str | None = None):
     target = _safe_next(next)
     if await current_operator(request) is not None:
         return RedirectResponse(target)
@@ -35,7 +35,8 @@ async def login_page(request: Request, next: str | None = None, expired: str | N
         script = (
             "const r = await fetch('/api/v1/session', {method: 'POST', credentials: "
             "'same-origin', headers: {'Content-Type': 'application/json'}, body: JSON.stringify("
-            f"{{email: {json.dumps(email.value or '')}, password: {json.dumps(password.value or '')}}})}});"
+            f"{{email: {json.dumps(email.value or '')}, "
+            f"password: {json.dumps(password.value or '')}}})}});"
             "let body = {}; try { body = await r.json(); } catch (e) {}"
             "return {status: r.status, error: body.error || ''};"
         )
@@ -54,9 +55,11 @@ async def login_page(request: Request, next: str | None = None, expired: str | N
                 "text-warning text-center"
             ).mark("session-expired")
         email = ui.input("Email").props("outlined autofocus autocomplete=username").mark("email")
-        password = ui.input("Password", password=True).props(
-            "outlined autocomplete=current-password"
-        ).mark("password")
+        password = (
+            ui.input("Password", password=True)
+            .props("outlined autocomplete=current-password")
+            .mark("password")
+        )
         password.on("keydown.enter", submit)
         button = ui.button("Log in", on_click=submit).props("unelevated").mark("login")
         error = ui.label("").classes("text-negative text-center").mark("login-error")

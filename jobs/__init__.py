@@ -1,3 +1,6 @@
-"""RQ adapters: thin job functions that call the domain, and the periodic schedule (`jobs/cron.py`)."""
+"""RQ adapters: thin job functions that call the domain.
+
+The periodic schedule is `jobs/cron.py`.
+"""
 
 QUEUES = ("default", "maintenance")

@@ -16,6 +16,8 @@ def configure_broker() -> None:
     if url is None:
         job = get_current_job()
         kwargs = job.connection.connection_pool.connection_kwargs if job else {}
-        url = f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/" \
-              f"{kwargs.get('db', 0)}"
+        url = (
+            f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/"
+            f"{kwargs.get('db', 0)}"
+        )
     broker.configure(url)

@@ -15,9 +15,9 @@ from typing import Any
 # `rq cron` loads this file by path; make the project importable from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rq import cron  # noqa: E402
+from rq import cron
 
-from jobs import maintenance  # noqa: E402
+from jobs import maintenance
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def _verify_password(stored_hash: str, password: str) -> bool:
         return False
 
 
-class User(db.Model):  # type: ignore[name-defined,misc]
+class User(db.Model):  # type: ignore[name-defined]
     __tablename__ = "users"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -116,7 +116,7 @@ class User(db.Model):  # type: ignore[name-defined,misc]
         }
 
 
-class ApiKey(db.Model):  # type: ignore[name-defined,misc]
+class ApiKey(db.Model):  # type: ignore[name-defined]
     __tablename__ = "api_keys"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -171,13 +171,18 @@ class Principal:
     @property
     def actor(self) -> Actor:
         if self.api_key is not None:
-            return Actor("api_key", str(self.api_key.id), f"{self.user.email} ({self.api_key.name})")
+            return Actor(
+                "api_key", str(self.api_key.id), f"{self.user.email} ({self.api_key.name})"
+            )
         return Actor("user", str(self.user.id), self.user.email)
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
-            raise Forbidden(f"Insufficient scope: {scope} is required", code="insufficient_scope",
-                            required=scope)
+            raise Forbidden(
+                f"Insufficient scope: {scope} is required",
+                code="insufficient_scope",
+                required=scope,
+            )
 
     def may_see_project(self, project_id: uuid.UUID) -> bool:
         return self.project_id is None or self.project_id == project_id
@@ -195,7 +200,9 @@ def _check_password_rules(password: str) -> None:
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         raise Invalid(
             "Invalid password",
-            fields={"password": [f"must be {MIN_PASSWORD_LENGTH}–{MAX_PASSWORD_LENGTH} characters"]},
+            fields={
+                "password": [f"must be {MIN_PASSWORD_LENGTH}–{MAX_PASSWORD_LENGTH} characters"]
+            },
         )
 
 
@@ -214,8 +221,13 @@ def create_user(actor: Actor, *, email: str, password: str, role: str) -> User:
     user = User(email=email, password_hash=hash_password(password), role=role)
     db.session.add(user)
     db.session.flush()
-    audit.record(actor, "user.created", resource_type="user", resource_id=user.id,
-                 changes={"email": email, "role": role})
+    audit.record(
+        actor,
+        "user.created",
+        resource_type="user",
+        resource_id=user.id,
+        changes={"email": email, "role": role},
+    )
     return user
 
 
@@ -247,8 +259,9 @@ def update_user(
         user.session_epoch += 1
         changes["password"] = "changed"
     if changes:
-        audit.record(actor, "user.updated", resource_type="user", resource_id=user.id,
-                     changes=changes)
+        audit.record(
+            actor, "user.updated", resource_type="user", resource_id=user.id, changes=changes
+        )
     return user
 
 
@@ -256,9 +269,9 @@ def _keep_one_admin(user: User, *, new_role: str, disabled: bool) -> None:
     if user.role != "admin" or (new_role == "admin" and not disabled):
         return
     others = db.session.scalar(
-        select(func.count()).select_from(User).where(
-            User.role == "admin", User.disabled.is_(False), User.id != user.id
-        )
+        select(func.count())
+        .select_from(User)
+        .where(User.role == "admin", User.disabled.is_(False), User.id != user.id)
     )
     if not others:
         raise Conflict("The last active admin cannot be demoted or disabled", code="last_admin")
@@ -309,22 +322,36 @@ def authenticate(email: str, password: str, *, address: str, now: datetime | Non
     if user is None or user.disabled or not _verify_password(user.password_hash, password):
         throttle.hit(LOGIN_LIMIT_PER_ADDRESS, address)
         throttle.hit(LOGIN_LIMIT_PER_ACCOUNT, email)
-        audit.record(Actor("anonymous", None, address), "session.login_failed",
-                     resource_type="user", resource_id=user.id if user else None,
-                     metadata={"email": email[:254], "address": address})
+        audit.record(
+            Actor("anonymous", None, address),
+            "session.login_failed",
+            resource_type="user",
+            resource_id=user.id if user else None,
+            metadata={"email": email[:254], "address": address},
+        )
         raise Unauthorized("Invalid email or password", code="invalid_credentials")
     throttle.reset(LOGIN_LIMIT_PER_ACCOUNT, email)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = now or utcnow()
-    audit.record(Actor("user", str(user.id), user.email), "session.login", resource_type="user",
-                 resource_id=user.id, metadata={"address": address})
+    audit.record(
+        Actor("user", str(user.id), user.email),
+        "session.login",
+        resource_type="user",
+        resource_id=user.id,
+        metadata={"address": address},
+    )
     return user
 
 
 def record_logout(user: User, *, address: str) -> None:
-    audit.record(Actor("user", str(user.id), user.email), "session.logout", resource_type="user",
-                 resource_id=user.id, metadata={"address": address})
+    audit.record(
+        Actor("user", str(user.id), user.email),
+        "session.logout",
+        resource_type="user",
+        resource_id=user.id,
+        metadata={"address": address},
+    )
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -368,8 +395,10 @@ def create_api_key(
             code="scope_exceeds_role",
         )
     if principal.project_id is not None and project_id != principal.project_id:
-        raise Forbidden("A project-bound key can only create keys bound to its own project",
-                        code="project_binding")
+        raise Forbidden(
+            "A project-bound key can only create keys bound to its own project",
+            code="project_binding",
+        )
     if expires_at is not None and expires_at <= now:
         raise Invalid("Expiry is in the past", fields={"expires_at": ["must be in the future"]})
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -386,11 +415,20 @@ def create_api_key(
     key.user = principal.user
     db.session.add(key)
     db.session.flush()
-    audit.record(principal.actor, "api_key.created", resource_type="api_key", resource_id=key.id,
-                 project_id=None,
-                 changes={"name": name, "scopes": scopes, "prefix": key.prefix,
-                          "project_id": str(project_id) if project_id else None,
-                          "expires_at": expires_at.isoformat() if expires_at else None})
+    audit.record(
+        principal.actor,
+        "api_key.created",
+        resource_type="api_key",
+        resource_id=key.id,
+        project_id=None,
+        changes={
+            "name": name,
+            "scopes": scopes,
+            "prefix": key.prefix,
+            "project_id": str(project_id) if project_id else None,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
     return key, raw
 
 
@@ -431,7 +469,9 @@ def list_api_keys(principal: Principal, *, limit: int, cursor: str | None) -> Pa
             created_at = datetime.fromisoformat(created)
             last_id = uuid.UUID(key_id)
         except ValueError:
-            raise Invalid("Invalid cursor", fields={"cursor": ["not a cursor from this API"]}) from None
+            raise Invalid(
+                "Invalid cursor", fields={"cursor": ["not a cursor from this API"]}
+            ) from None
         query = query.where(
             (ApiKey.created_at < created_at)
             | ((ApiKey.created_at == created_at) & (ApiKey.id < last_id))
@@ -439,7 +479,9 @@ def list_api_keys(principal: Principal, *, limit: int, cursor: str | None) -> Pa
     rows = list(
         db.session.execute(
             query.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit + 1)
-        ).scalars().unique()
+        )
+        .scalars()
+        .unique()
     )
     next_cursor = None
     if len(rows) > limit:
@@ -455,11 +497,18 @@ def get_api_key(principal: Principal, key_id: uuid.UUID) -> ApiKey:
     return key
 
 
-def revoke_api_key(principal: Principal, key_id: uuid.UUID, *, now: datetime | None = None) -> ApiKey:
+def revoke_api_key(
+    principal: Principal, key_id: uuid.UUID, *, now: datetime | None = None
+) -> ApiKey:
     """Revoke a key (idempotent: revoking twice keeps the first time and audits once)."""
     key = get_api_key(principal, key_id)
     if key.revoked_at is None:
         key.revoked_at = now or utcnow()
-        audit.record(principal.actor, "api_key.revoked", resource_type="api_key",
-                     resource_id=key.id, changes={"prefix": key.prefix})
+        audit.record(
+            principal.actor,
+            "api_key.revoked",
+            resource_type="api_key",
+            resource_id=key.id,
+            changes={"prefix": key.prefix},
+        )
     return key

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, Text, select, update
+from sqlalchemy import Index, Integer, String, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
@@ -46,7 +46,7 @@ class Actor:
         return cls("system", None, component)
 
 
-class AuditChainHead(db.Model):  # type: ignore[name-defined,misc]
+class AuditChainHead(db.Model):  # type: ignore[name-defined]
     __tablename__ = "audit_chain_heads"
 
     chain: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -54,7 +54,7 @@ class AuditChainHead(db.Model):  # type: ignore[name-defined,misc]
     last_hash: Mapped[str] = mapped_column(String(64), nullable=False, default=GENESIS_HASH)
 
 
-class AuditLog(db.Model):  # type: ignore[name-defined,misc]
+class AuditLog(db.Model):  # type: ignore[name-defined]
     __tablename__ = "audit_logs"
     __table_args__ = (
         Index("uq_audit_logs_chain_seq", "chain", "seq", unique=True),
@@ -177,9 +177,7 @@ def record(
     row.entry_hash = compute_hash(row)
     db.session.add(row)
     db.session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.chain == chain)
-        .values(last_hash=row.entry_hash)
+        update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=row.entry_hash)
     )
     events.publish_after_commit(project_id, "audit", row.id, action)
     return row
@@ -214,9 +212,10 @@ def verify_chain(project_id: uuid.UUID | None) -> ChainVerdict:
     expected_seq = 1
     checked = 0
     rows = db.session.execute(
-        select(AuditLog).where(AuditLog.chain == chain).order_by(AuditLog.seq).execution_options(
-            yield_per=500
-        )
+        select(AuditLog)
+        .where(AuditLog.chain == chain)
+        .order_by(AuditLog.seq)
+        .execution_options(yield_per=500)
     ).scalars()
     for row in rows:
         checked += 1
@@ -291,16 +290,28 @@ def list_entries(
 
 
 EXPORT_LIMIT = 100_000
-CSV_COLUMNS = (
-    "seq id created_at actor_type actor_id actor_label action resource_type resource_id "
-    "changes metadata prev_hash entry_hash"
-).split()
+CSV_COLUMNS = [
+    "seq",
+    "id",
+    "created_at",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "action",
+    "resource_type",
+    "resource_id",
+    "changes",
+    "metadata",
+    "prev_hash",
+    "entry_hash",
+]
 
 
-def export_entries(
-    project_id: uuid.UUID | None, filters: AuditFilter, fmt: str
-) -> Iterator[str]:
-    """Stream the chain oldest first as CSV or JSON lines (hashes included, so it can be re-checked)."""
+def export_entries(project_id: uuid.UUID | None, filters: AuditFilter, fmt: str) -> Iterator[str]:
+    """Stream the chain oldest first as CSV or JSON lines.
+
+    Hashes are included, so an export can be re-checked elsewhere.
+    """
     query = _filtered(project_id, filters).order_by(AuditLog.seq).limit(EXPORT_LIMIT)
     rows = db.session.execute(query.execution_options(yield_per=500)).scalars()
     if fmt == "json":

@@ -34,12 +34,14 @@ def ensure_initial_state(settings: Settings) -> FirstStart:
             password = settings.admin_password
             if password is None:
                 password = generated = secrets.token_urlsafe(18)
-            accounts.create_user(actor, email=settings.admin_email, password=password,
-                                 role="admin")
+            accounts.create_user(actor, email=settings.admin_email, password=password, role="admin")
             admin_email = settings.admin_email
         if not db.session.scalar(select(func.count()).select_from(projects.Project)):
-            projects.create_project(actor, slug=settings.default_project,
-                                    name=settings.default_project.replace("-", " ").title())
+            projects.create_project(
+                actor,
+                slug=settings.default_project,
+                name=settings.default_project.replace("-", " ").title(),
+            )
             project_slug = settings.default_project
         db.session.commit()
     except IntegrityError:

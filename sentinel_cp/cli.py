@@ -47,8 +47,16 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     with app.app_context():
         project_id = projects.get_project(args.project).id if args.project else None
         verdict = audit.verify_chain(project_id)
-    print(json.dumps({"chain": args.project or "global", **verdict.to_dict()}))  # noqa: T201
+    print(json.dumps({"chain": args.project or "global", **verdict.to_dict()}))
     return 0 if verdict.valid else 1
+
+
+def cmd_openapi(_args: argparse.Namespace) -> int:
+    """Print the OpenAPI document (docs/openapi.json is this output, checked by a test)."""
+    from blueprints.openapi import build_document
+
+    print(json.dumps(build_document(_app()), indent=2, sort_keys=True))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,24 +65,31 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run the web process (embedded system without REDIS_URL)")
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
     commands.add_parser("setup", help="migrate, then create the first admin and project")
+    commands.add_parser("openapi", help="print the OpenAPI document")
     audit_parser = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="verify a hash chain")
     verify.add_argument("--project", help="project slug (default: the global chain)")
     args = parser.parse_args(argv)
 
-    handlers = {"serve": cmd_serve, "migrate": cmd_migrate, "setup": cmd_setup, "audit": cmd_audit_verify}
+    handlers = {
+        "serve": cmd_serve,
+        "migrate": cmd_migrate,
+        "setup": cmd_setup,
+        "openapi": cmd_openapi,
+        "audit": cmd_audit_verify,
+    }
     try:
         code = handlers[args.command](args)
     except ConfigError as exc:
-        print(f"sentinel-cp: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"sentinel-cp: configuration error: {exc}", file=sys.stderr)
         code = 2
     except Exception as exc:
         from sentinel_cp.errors import DomainError
 
         if not isinstance(exc, DomainError):
             raise
-        print(f"sentinel-cp: {exc.message}", file=sys.stderr)  # noqa: T201
+        print(f"sentinel-cp: {exc.message}", file=sys.stderr)
         code = 1
     raise SystemExit(code)
 

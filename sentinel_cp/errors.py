@@ -1,4 +1,7 @@
-"""Domain errors. Each adapter maps them to its own form (HTTP status, notification, job failure)."""
+"""Domain errors.
+
+Each adapter maps them to its own form (HTTP status, notification, job failure).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Structured JSON logs, one object per line, carrying the request id of the request being served."""
+"""Structured JSON logs: one object per line, with the request id of the request served."""
 
 from __future__ import annotations
 

@@ -7,18 +7,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 HTTP_REQUESTS = Counter(
-    "sentinel_http_requests_total", "HTTP requests served by the API",
-    ["method", "endpoint", "status"], registry=REGISTRY,
+    "sentinel_http_requests_total",
+    "HTTP requests served by the API",
+    ["method", "endpoint", "status"],
+    registry=REGISTRY,
 )
 HTTP_LATENCY = Histogram(
-    "sentinel_http_request_duration_seconds", "API request latency",
-    ["endpoint"], registry=REGISTRY,
+    "sentinel_http_request_duration_seconds",
+    "API request latency",
+    ["endpoint"],
+    registry=REGISTRY,
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LOGIN_FAILURES = Counter(
-    "sentinel_login_failures_total", "Failed operator logins", registry=REGISTRY,
+    "sentinel_login_failures_total",
+    "Failed operator logins",
+    registry=REGISTRY,
 )
 READY = Gauge(
-    "sentinel_dependency_up", "1 when the dependency answered the last readiness check",
-    ["dependency"], registry=REGISTRY,
+    "sentinel_dependency_up",
+    "1 when the dependency answered the last readiness check",
+    ["dependency"],
+    registry=REGISTRY,
 )

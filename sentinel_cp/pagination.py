@@ -38,7 +38,8 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> tuple[Any, ...]:
         decoded = []
         for value, kind in zip(values, types, strict=True):
             if kind is int and (
-                not isinstance(value, int) or isinstance(value, bool)
+                not isinstance(value, int)
+                or isinstance(value, bool)
                 or not 0 <= value <= MAX_CURSOR_INT
             ):
                 raise ValueError("not an int a column can hold")

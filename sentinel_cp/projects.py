@@ -68,7 +68,7 @@ def validate_settings(values: dict[str, Any], base: dict[str, Any] | None = None
         raise Invalid("Invalid project settings", fields=fields) from None
 
 
-class Project(db.Model):  # type: ignore[name-defined,misc]
+class Project(db.Model):  # type: ignore[name-defined]
     __tablename__ = "projects"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -99,13 +99,20 @@ def _check_slug(slug: str) -> None:
     if not SLUG_PATTERN.fullmatch(slug):
         raise Invalid(
             "Invalid slug",
-            fields={"slug": ["2–50 lowercase letters, digits or dashes, not starting or "
-                             "ending with a dash"]},
+            fields={
+                "slug": [
+                    "2–50 lowercase letters, digits or dashes, not starting or ending with a dash"
+                ]
+            },
         )
 
 
 def create_project(
-    actor: Actor, *, slug: str, name: str, settings: dict[str, Any] | None = None,
+    actor: Actor,
+    *,
+    slug: str,
+    name: str,
+    settings: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Project:
     """Create a project (audited on its own new chain)."""
@@ -117,9 +124,15 @@ def create_project(
     project = Project(slug=slug, name=name, settings=resolved, created_at=now, updated_at=now)
     db.session.add(project)
     db.session.flush()
-    audit.record(actor, "project.created", resource_type="project", resource_id=project.id,
-                 project_id=project.id, changes={"slug": slug, "name": name, "settings": resolved},
-                 now=now)
+    audit.record(
+        actor,
+        "project.created",
+        resource_type="project",
+        resource_id=project.id,
+        project_id=project.id,
+        changes={"slug": slug, "name": name, "settings": resolved},
+        now=now,
+    )
     return project
 
 
@@ -131,9 +144,7 @@ def get_project(slug: str, *, visible_to: uuid.UUID | None = None) -> Project:
     return project
 
 
-def list_projects(
-    *, visible_to: uuid.UUID | None, limit: int, cursor: str | None
-) -> Page[Project]:
+def list_projects(*, visible_to: uuid.UUID | None, limit: int, cursor: str | None) -> Page[Project]:
     query = select(Project)
     if visible_to is not None:
         query = query.where(Project.id == visible_to)
@@ -147,8 +158,12 @@ def list_projects(
 
 
 def update_project(
-    actor: Actor, project: Project, *, name: str | None = None,
-    settings: dict[str, Any] | None = None, now: datetime | None = None,
+    actor: Actor,
+    project: Project,
+    *,
+    name: str | None = None,
+    settings: dict[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> Project:
     """Rename and/or merge settings; only real changes are audited."""
     now = now or utcnow()
@@ -165,8 +180,15 @@ def update_project(
             project.settings = merged
     if changes:
         project.updated_at = now
-        audit.record(actor, "project.updated", resource_type="project", resource_id=project.id,
-                     project_id=project.id, changes=changes, now=now)
+        audit.record(
+            actor,
+            "project.updated",
+            resource_type="project",
+            resource_id=project.id,
+            project_id=project.id,
+            changes=changes,
+            now=now,
+        )
     return project
 
 
@@ -176,9 +198,14 @@ def delete_project(actor: Actor, project: Project, *, now: datetime | None = Non
     from sentinel_cp.accounts import ApiKey
 
     bound = list(db.session.scalars(select(ApiKey.prefix).where(ApiKey.project_id == project.id)))
-    audit.record(actor, "project.deleted", resource_type="project", resource_id=project.id,
-                 changes={"slug": project.slug, "name": project.name,
-                          "api_keys_removed": sorted(bound)}, now=now)
+    audit.record(
+        actor,
+        "project.deleted",
+        resource_type="project",
+        resource_id=project.id,
+        changes={"slug": project.slug, "name": project.name, "api_keys_removed": sorted(bound)},
+        now=now,
+    )
     db.session.execute(delete(ApiKey).where(ApiKey.project_id == project.id))
     db.session.delete(project)
 
@@ -187,17 +214,24 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def rotate_registration_token(actor: Actor, project: Project, *,
-                              now: datetime | None = None) -> str:
+def rotate_registration_token(
+    actor: Actor, project: Project, *, now: datetime | None = None
+) -> str:
     """Issue a new registration token (the old one stops working); returned once."""
     now = now or utcnow()
     token = REGISTRATION_TOKEN_PREFIX + secrets.token_urlsafe(32)
     rotated = project.registration_token_hash is not None
     project.registration_token_hash = _hash_token(token)
     project.updated_at = now
-    audit.record(actor, "project.registration_token_rotated", resource_type="project",
-                 resource_id=project.id, project_id=project.id,
-                 metadata={"replaced_previous": rotated}, now=now)
+    audit.record(
+        actor,
+        "project.registration_token_rotated",
+        resource_type="project",
+        resource_id=project.id,
+        project_id=project.id,
+        metadata={"replaced_previous": rotated},
+        now=now,
+    )
     return token
 
 

@@ -8,6 +8,7 @@ in a thread). The children are stopped with the server, and die with it even if 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -33,10 +34,10 @@ class EmbeddedRedis:
         # A client blocked in BLPOP holds its handler thread forever; never wait for it.
         self.server.daemon_threads = True
         self.server.block_on_close = False
-        host, port = self.server.server_address[:2]
-        self.url = f"redis://{host}:{port}/0"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="embedded-redis",
-                                       daemon=True)
+        self.url = f"redis://127.0.0.1:{self.server.server_address[1]}/0"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="embedded-redis", daemon=True
+        )
 
     def start(self) -> None:
         self.thread.start()
@@ -48,10 +49,8 @@ class EmbeddedRedis:
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM the child when this process dies, however it dies."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class Children:
@@ -62,10 +61,29 @@ class Children:
 
         python = sys.executable
         self.commands = {
-            "worker": [python, "-m", "rq.cli", "worker", "--url", redis_url, "--with-scheduler",
-                       "--logging_level", "WARNING", *QUEUES],
-            "cron": [python, "-m", "rq.cli", "cron", "--url", redis_url,
-                     "--logging-level", "WARNING", str(ROOT / "jobs" / "cron.py")],
+            "worker": [
+                python,
+                "-m",
+                "rq.cli",
+                "worker",
+                "--url",
+                redis_url,
+                "--with-scheduler",
+                "--logging_level",
+                "WARNING",
+                *QUEUES,
+            ],
+            "cron": [
+                python,
+                "-m",
+                "rq.cli",
+                "cron",
+                "--url",
+                redis_url,
+                "--logging-level",
+                "WARNING",
+                str(ROOT / "jobs" / "cron.py"),
+            ],
         }
         self.env = {
             **os.environ,
@@ -81,7 +99,10 @@ class Children:
 
     def _spawn(self, name: str) -> None:
         self.processes[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and args
-            self.commands[name], cwd=ROOT, env=self.env, preexec_fn=_die_with_parent,
+            self.commands[name],
+            cwd=ROOT,
+            env=self.env,
+            preexec_fn=_die_with_parent,
             start_new_session=True,  # its own process group: the worker forks a scheduler
         )
         log.info("started %s (pid %s)", name, self.processes[name].pid)
@@ -113,10 +134,8 @@ class Children:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def prepare_database(app: object) -> None:
@@ -136,7 +155,7 @@ def prepare_database(app: object) -> None:
         lines = [f"Created admin {first.admin_email}"]
         if first.generated_password:
             lines.append(f"Generated password (shown once): {first.generated_password}")
-        print("\n".join(["", "=" * 60, *lines, "=" * 60, ""]), flush=True)  # noqa: T201
+        print("\n".join(["", "=" * 60, *lines, "=" * 60, ""]), flush=True)
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
@@ -165,10 +184,17 @@ def serve(settings: Settings) -> None:
         children.start()
     try:
         asgi = create_asgi(flask_app)
-        print(f"Sentinel CP on http://{settings.host}:{settings.port}/", flush=True)  # noqa: T201
-        uvicorn.run(asgi, host=settings.host, port=settings.port, log_level="warning",
-                    access_log=False, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-                    timeout_graceful_shutdown=5)
+        print(f"Sentinel CP on http://{settings.host}:{settings.port}/", flush=True)
+        uvicorn.run(
+            asgi,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=True,
+            forwarded_allow_ips="127.0.0.1",
+            timeout_graceful_shutdown=5,
+        )
     finally:
         if children is not None:
             children.stop()
@@ -180,6 +206,6 @@ def main() -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"sentinel-cp: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"sentinel-cp: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     serve(settings)

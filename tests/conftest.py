@@ -28,7 +28,9 @@ from sentinel_cp.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct-horse-battery"
 
@@ -104,13 +106,15 @@ def real_redis_url() -> str:
 
 
 def settings_for(data_dir: Path, database_url: str, **extra: str) -> Any:
-    return load_settings({
-        "SENTINEL_ENV": "test",
-        "SENTINEL_DATA_DIR": str(data_dir),
-        "SECRET_KEY_BASE": "test-secret-" + "x" * 40,
-        "DATABASE_URL": database_url,
-        **extra,
-    })
+    return load_settings(
+        {
+            "SENTINEL_ENV": "test",
+            "SENTINEL_DATA_DIR": str(data_dir),
+            "SECRET_KEY_BASE": "test-secret-" + "x" * 40,
+            "DATABASE_URL": database_url,
+            **extra,
+        }
+    )
 
 
 def build_app(data_dir: Path, database_url: str, redis_url: str, **overrides: Any) -> Any:
@@ -137,10 +141,14 @@ _migrate_lock = threading.Lock()
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Backend:
     if request.param == "embedded":
         path = tmp_path_factory.mktemp("sqlite") / "sentinel.db"
-        return Backend("embedded", f"sqlite:///{path}",
-                       request.getfixturevalue("embedded_redis_url"))
-    return Backend("postgres", request.getfixturevalue("postgres_url"),
-                   request.getfixturevalue("real_redis_url"))
+        return Backend(
+            "embedded", f"sqlite:///{path}", request.getfixturevalue("embedded_redis_url")
+        )
+    return Backend(
+        "postgres",
+        request.getfixturevalue("postgres_url"),
+        request.getfixturevalue("real_redis_url"),
+    )
 
 
 def _truncate_all(app: Any) -> None:
@@ -181,15 +189,15 @@ def client(app: Any) -> Any:
 # --- builders -------------------------------------------------------------------------------
 
 
-def make_user(app: Any, email: str = "admin@example.com", role: str = "admin",
-              password: str = PASSWORD) -> str:
+def make_user(
+    app: Any, email: str = "admin@example.com", role: str = "admin", password: str = PASSWORD
+) -> str:
     from sentinel_cp import accounts
     from sentinel_cp.audit import Actor
     from sentinel_cp.db import db
 
     with app.app_context():
-        user = accounts.create_user(Actor.system("test"), email=email, password=password,
-                                    role=role)
+        user = accounts.create_user(Actor.system("test"), email=email, password=password, role=role)
         db.session.commit()
         return str(user.id)
 
@@ -200,14 +208,21 @@ def make_project(app: Any, slug: str = "alpha", **settings: Any) -> str:
     from sentinel_cp.db import db
 
     with app.app_context():
-        project = projects.create_project(Actor.system("test"), slug=slug, name=slug.title(),
-                                          settings=settings or None)
+        project = projects.create_project(
+            Actor.system("test"), slug=slug, name=slug.title(), settings=settings or None
+        )
         db.session.commit()
         return str(project.id)
 
 
-def make_key(app: Any, user_email: str, scopes: list[str], *, project: str | None = None,
-             expires_at: datetime | None = None) -> str:
+def make_key(
+    app: Any,
+    user_email: str,
+    scopes: list[str],
+    *,
+    project: str | None = None,
+    expires_at: datetime | None = None,
+) -> str:
     """Create an API key for an existing user through the domain; returns the raw key."""
     from sqlalchemy import select
 
@@ -218,8 +233,9 @@ def make_key(app: Any, user_email: str, scopes: list[str], *, project: str | Non
         user = db.session.scalar(select(accounts.User).where(accounts.User.email == user_email))
         principal = accounts.principal_for_user(user)
         project_id = projects.get_project(project).id if project else None
-        _, raw = accounts.create_api_key(principal, name="test key", scopes=scopes,
-                                         project_id=project_id, expires_at=expires_at)
+        _, raw = accounts.create_api_key(
+            principal, name="test key", scopes=scopes, project_id=project_id, expires_at=expires_at
+        )
         db.session.commit()
         return raw
 

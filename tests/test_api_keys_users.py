@@ -96,10 +96,15 @@ def cursor_of(*values: Any) -> str:
 def test_created_key_is_201_with_the_raw_key_and_documented_fields(admin: Any) -> None:
     make_project(admin.application, "alpha")
     expires = "2031-01-01T00:00:00+00:00"
-    response = admin.post(API_KEYS, json={
-        "name": "deploy", "scopes": ["nodes:write", "audit:read", "nodes:write"],
-        "project": "alpha", "expires_at": expires,
-    })
+    response = admin.post(
+        API_KEYS,
+        json={
+            "name": "deploy",
+            "scopes": ["nodes:write", "audit:read", "nodes:write"],
+            "project": "alpha",
+            "expires_at": expires,
+        },
+    )
     assert response.status_code == 201
     body = response.get_json()
     assert body["name"] == "deploy"
@@ -113,8 +118,12 @@ def test_created_key_is_201_with_the_raw_key_and_documented_fields(admin: Any) -
     assert body["revoked_at"] is None and body["last_used_at"] is None
 
     me = admin.get("/api/v1/me", headers=bearer(body["key"])).get_json()
-    assert me["api_key"] == {"id": body["id"], "name": "deploy", "prefix": body["prefix"],
-                             "project": "alpha"}
+    assert me["api_key"] == {
+        "id": body["id"],
+        "name": "deploy",
+        "prefix": body["prefix"],
+        "project": "alpha",
+    }
 
 
 def test_raw_key_appears_only_in_the_creation_response(admin: Any) -> None:
@@ -166,8 +175,9 @@ def test_key_cannot_create_a_key_with_scopes_it_does_not_hold(admin: Any) -> Non
     # must not mint itself a projects:admin key.
     app = admin.application
     limited = make_key(app, ADMIN, ["api_keys:admin"])
-    response = admin.post(API_KEYS, headers=bearer(limited),
-                          json={"name": "escalate", "scopes": ["projects:admin"]})
+    response = admin.post(
+        API_KEYS, headers=bearer(limited), json={"name": "escalate", "scopes": ["projects:admin"]}
+    )
     assert response.status_code == 403
     assert response.get_json()["code"] == "scope_exceeds_role"
     assert key_count(app) == 1
@@ -192,16 +202,18 @@ def test_empty_scopes_are_422(admin: Any) -> None:
 
 def test_expiry_in_the_past_is_422(admin: Any) -> None:
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    response = admin.post(API_KEYS, json={"name": "ci", "scopes": ["audit:read"],
-                                          "expires_at": past})
+    response = admin.post(
+        API_KEYS, json={"name": "ci", "scopes": ["audit:read"], "expires_at": past}
+    )
     assert response.status_code == 422
     assert "expires_at" in response.get_json()["fields"]
     assert key_count(admin.application) == 0
 
 
 def test_expiry_without_a_timezone_is_422_not_a_server_error(admin: Any) -> None:
-    response = admin.post(API_KEYS, json={"name": "ci", "scopes": ["audit:read"],
-                                          "expires_at": "2031-01-01T00:00:00"})
+    response = admin.post(
+        API_KEYS, json={"name": "ci", "scopes": ["audit:read"], "expires_at": "2031-01-01T00:00:00"}
+    )
     assert response.status_code == 422
     assert "expires_at" in response.get_json()["fields"]
     assert key_count(admin.application) == 0
@@ -213,15 +225,22 @@ def test_project_bound_key_creates_keys_only_for_its_own_project(admin: Any) -> 
     make_project(app, "beta")
     bound = make_key(app, ADMIN, ["api_keys:admin", "audit:read"], project="alpha")
 
-    unbound = admin.post(API_KEYS, headers=bearer(bound),
-                         json={"name": "x", "scopes": ["audit:read"]})
+    unbound = admin.post(
+        API_KEYS, headers=bearer(bound), json={"name": "x", "scopes": ["audit:read"]}
+    )
     assert unbound.status_code == 403
     assert unbound.get_json()["code"] == "project_binding"
-    other = admin.post(API_KEYS, headers=bearer(bound),
-                       json={"name": "x", "scopes": ["audit:read"], "project": "beta"})
+    other = admin.post(
+        API_KEYS,
+        headers=bearer(bound),
+        json={"name": "x", "scopes": ["audit:read"], "project": "beta"},
+    )
     assert other.status_code == 404
-    own = admin.post(API_KEYS, headers=bearer(bound),
-                     json={"name": "x", "scopes": ["audit:read"], "project": "alpha"})
+    own = admin.post(
+        API_KEYS,
+        headers=bearer(bound),
+        json={"name": "x", "scopes": ["audit:read"], "project": "alpha"},
+    )
     assert own.status_code == 201
     assert own.get_json()["project"] == "alpha"
 
@@ -252,8 +271,10 @@ def test_revoke_is_idempotent_and_audited_once(admin: Any) -> None:
     assert first.status_code == second.status_code == 200
     assert first.get_json()["revoked_at"] is not None
     assert second.get_json()["revoked_at"] == first.get_json()["revoked_at"]
-    assert admin.get(f"{API_KEYS}/{created['id']}").get_json()["revoked_at"] == (
-        first.get_json()["revoked_at"])
+    assert (
+        admin.get(f"{API_KEYS}/{created['id']}").get_json()["revoked_at"]
+        == (first.get_json()["revoked_at"])
+    )
 
     entries = audit_entries(admin, action="api_key.revoked", resource=f"api_key:{created['id']}")
     assert entries["total"] == 1
@@ -263,7 +284,9 @@ def test_revoke_is_idempotent_and_audited_once(admin: Any) -> None:
 
 
 def test_revoking_an_unknown_key_is_404_and_a_malformed_id_400(admin: Any) -> None:
-    unknown = admin.post(f"{API_KEYS}/00000000-0000-4000-8000-000000000000/revoke", headers=JSON_HEADERS)
+    unknown = admin.post(
+        f"{API_KEYS}/00000000-0000-4000-8000-000000000000/revoke", headers=JSON_HEADERS
+    )
     assert unknown.status_code == 404
     malformed = admin.post(f"{API_KEYS}/not-a-key/revoke", headers=JSON_HEADERS)
     assert malformed.status_code == 400
@@ -288,8 +311,14 @@ def _create_keys_for_pagination(app: Any) -> set[str]:
         user = db.session.scalar(select(accounts.User).where(accounts.User.email == ADMIN))
         principal = accounts.principal_for_user(user)
         for n in range(3):
-            accounts.create_api_key(principal, name=f"twin {n}", scopes=["nodes:read"],
-                                    project_id=None, expires_at=None, now=same_instant)
+            accounts.create_api_key(
+                principal,
+                name=f"twin {n}",
+                scopes=["nodes:read"],
+                project_id=None,
+                expires_at=None,
+                now=same_instant,
+            )
         db.session.commit()
     with app.app_context():
         return {str(key_id) for key_id in db.session.scalars(select(accounts.ApiKey.id))}
@@ -329,8 +358,9 @@ def test_key_list_cursor_is_stable_when_keys_are_added_between_pages(admin: Any)
     first = admin.get(API_KEYS, query_string={"limit": "2"}).get_json()
     make_key(app, ADMIN, ["audit:read"])  # newer than everything already listed
 
-    rest = admin.get(API_KEYS, query_string={"limit": "2",
-                                             "cursor": first["next_cursor"]}).get_json()
+    rest = admin.get(
+        API_KEYS, query_string={"limit": "2", "cursor": first["next_cursor"]}
+    ).get_json()
     first_ids = [item["id"] for item in first["items"]]
     rest_ids = [item["id"] for item in rest["items"]]
     assert len(rest_ids) == 1
@@ -338,15 +368,18 @@ def test_key_list_cursor_is_stable_when_keys_are_added_between_pages(admin: Any)
     assert rest["next_cursor"] is None
 
 
-@pytest.mark.parametrize("cursor", [
-    "garbage",
-    "!!!not-base64!!!",
-    "",
-    cursor_of("2030-01-01T00:00:00+00:00"),
-    cursor_of("not-a-date", "00000000-0000-4000-8000-000000000000"),
-    cursor_of("2030-01-01T00:00:00+00:00", "not-a-uuid"),
-    cursor_of(1, 2),
-])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "garbage",
+        "!!!not-base64!!!",
+        "",
+        cursor_of("2030-01-01T00:00:00+00:00"),
+        cursor_of("not-a-date", "00000000-0000-4000-8000-000000000000"),
+        cursor_of("2030-01-01T00:00:00+00:00", "not-a-uuid"),
+        cursor_of(1, 2),
+    ],
+)
 def test_garbage_key_list_cursor_is_422_naming_cursor(admin: Any, cursor: str) -> None:
     make_key(admin.application, ADMIN, ["audit:read"])
     response = admin.get(API_KEYS, query_string={"cursor": cursor})
@@ -397,8 +430,11 @@ def test_non_admin_sessions_get_403_on_users(app: Any, role: str) -> None:
     client = app.test_client()
     assert login(client, email).status_code == 200
 
-    for response in (client.get(USERS), client.post(USERS, json=NEW_USER),
-                     client.patch(f"{USERS}/{admin_id(app)}", json={"disabled": True})):
+    for response in (
+        client.get(USERS),
+        client.post(USERS, json=NEW_USER),
+        client.patch(f"{USERS}/{admin_id(app)}", json={"disabled": True}),
+    ):
         assert response.status_code == 403
         assert response.get_json()["code"] == "insufficient_scope"
         assert response.get_json()["required"] == "api_keys:admin"
@@ -498,16 +534,20 @@ def test_patch_with_an_unknown_role_is_422(admin: Any) -> None:
 
 @pytest.mark.parametrize("method", ["GET", "PATCH"])
 def test_malformed_user_id_is_400_malformed_id(admin: Any, method: str) -> None:
-    response = admin.open(f"{USERS}/not-a-uuid", method=method,
-                          json={"role": "reader"} if method == "PATCH" else None)
+    response = admin.open(
+        f"{USERS}/not-a-uuid", method=method, json={"role": "reader"} if method == "PATCH" else None
+    )
     assert response.status_code == 400
     assert response.get_json()["code"] == "malformed_id"
 
 
 @pytest.mark.parametrize("method", ["GET", "PATCH"])
 def test_unknown_user_id_is_404(admin: Any, method: str) -> None:
-    response = admin.open(f"{USERS}/00000000-0000-4000-8000-000000000000", method=method,
-                          json={"role": "reader"} if method == "PATCH" else None)
+    response = admin.open(
+        f"{USERS}/00000000-0000-4000-8000-000000000000",
+        method=method,
+        json={"role": "reader"} if method == "PATCH" else None,
+    )
     assert response.status_code == 404
     assert response.get_json()["code"] == "not_found"
 

@@ -136,13 +136,16 @@ def test_request_without_credentials_is_401_unauthenticated(
     assert project_count(client.application) == 1
 
 
-@pytest.mark.parametrize("header", [
-    "Basic dXNlcjpwYXNz",
-    "Bearer",
-    "Bearer    ",
-    "sk_abcdefghijklmnop",
-    "Token sk_abcdefghijklmnop",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer    ",
+        "sk_abcdefghijklmnop",
+        "Token sk_abcdefghijklmnop",
+    ],
+)
 def test_malformed_authorization_header_is_401(client: Any, admin_key: str, header: str) -> None:
     response = client.get(AUDIT, headers={"Authorization": header})
     assert response.status_code == 401
@@ -157,11 +160,14 @@ def test_malformed_authorization_header_wins_over_a_valid_session_cookie(app: An
     assert response.status_code == 401
 
 
-@pytest.mark.parametrize("token", [
-    "sk_" + "A" * 43,
-    "not-an-sk-key",
-    "sk_" + "x" * 200,
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "sk_" + "A" * 43,
+        "not-an-sk-key",
+        "sk_" + "x" * 200,
+    ],
+)
 def test_unknown_api_key_is_401_invalid_api_key(client: Any, admin_key: str, token: str) -> None:
     response = client.get(AUDIT, headers=bearer(token))
     assert response.status_code == 401
@@ -183,8 +189,7 @@ def test_revoked_key_is_401_api_key_revoked(client: Any, admin_key: str) -> None
 
 def test_expired_key_is_401_api_key_expired(client: Any, admin_key: str) -> None:
     app = client.application
-    raw = make_key(app, ADMIN, ["audit:read"],
-                   expires_at=datetime.now(UTC) + timedelta(days=1))
+    raw = make_key(app, ADMIN, ["audit:read"], expires_at=datetime.now(UTC) + timedelta(days=1))
     assert client.get(AUDIT, headers=bearer(raw)).status_code == 200
 
     set_key_columns(app, raw, expires_at=datetime.now(UTC) - timedelta(minutes=1))
@@ -225,16 +230,20 @@ def test_key_of_a_disabled_owner_is_401(client: Any, admin_key: str) -> None:
 # --- scopes and project binding ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path", "scopes", "required"), [
-    ("GET", AUDIT, ["nodes:read", "projects:admin"], "audit:read"),
-    ("POST", PROJECTS, ["audit:read", "nodes:write"], "projects:admin"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "scopes", "required"),
+    [
+        ("GET", AUDIT, ["nodes:read", "projects:admin"], "audit:read"),
+        ("POST", PROJECTS, ["audit:read", "nodes:write"], "projects:admin"),
+    ],
+)
 def test_key_without_the_route_scope_is_403_naming_the_required_scope(
     client: Any, admin_key: str, method: str, path: str, scopes: list[str], required: str
 ) -> None:
     raw = make_key(client.application, ADMIN, scopes)
-    response = client.open(path, method=method, headers=bearer(raw),
-                           json=NEW_PROJECT if method == "POST" else None)
+    response = client.open(
+        path, method=method, headers=bearer(raw), json=NEW_PROJECT if method == "POST" else None
+    )
     assert response.status_code == 403
     body = error_of(response)
     assert body["code"] == "insufficient_scope"
@@ -384,8 +393,9 @@ def test_login_failures_are_recorded_in_the_audit_log(app: Any) -> None:
     audit_key = make_key(app, ADMIN, ["audit:read"])
     client = app.test_client()
     login(client, ADMIN, "not-the-password-at-all")
-    entries = client.get("/api/v1/audit?action=session.login_failed",
-                         headers=bearer(audit_key)).get_json()
+    entries = client.get(
+        "/api/v1/audit?action=session.login_failed", headers=bearer(audit_key)
+    ).get_json()
     assert entries["total"] == 1
     assert entries["items"][0]["metadata"]["email"] == ADMIN
 
@@ -523,13 +533,15 @@ def test_cookie_post_from_our_own_origin_is_accepted(app: Any) -> None:
     assert key_count(app) == 1
 
 
-@pytest.mark.parametrize("origin", ["null", "http://localhost.evil.example",
-                                    "http://evil.example/localhost"])
+@pytest.mark.parametrize(
+    "origin", ["null", "http://localhost.evil.example", "http://evil.example/localhost"]
+)
 def test_cookie_patch_from_lookalike_origins_is_refused(app: Any, origin: str) -> None:
     make_project(app, "alpha")
     admin = logged_in(app, ADMIN, "admin")
-    response = admin.patch("/api/v1/projects/alpha", json={"name": "Owned"},
-                           headers={"Origin": origin})
+    response = admin.patch(
+        "/api/v1/projects/alpha", json={"name": "Owned"}, headers={"Origin": origin}
+    )
     assert response.status_code == 403
     assert error_of(response)["code"] == "csrf_origin"
     assert admin.get("/api/v1/projects/alpha").get_json()["name"] == "Alpha"
@@ -544,8 +556,9 @@ def test_cookie_form_post_is_refused_and_creates_nothing(app: Any) -> None:
 
 def test_cookie_text_plain_post_with_json_text_is_refused(app: Any) -> None:
     admin = logged_in(app, ADMIN, "admin")
-    response = admin.post(PROJECTS, data='{"slug": "gamma", "name": "Gamma"}',
-                          content_type="text/plain")
+    response = admin.post(
+        PROJECTS, data='{"slug": "gamma", "name": "Gamma"}', content_type="text/plain"
+    )
     assert response.status_code in (403, 415)
     assert project_count(app) == 0
 
@@ -559,8 +572,9 @@ def test_cookie_form_post_without_a_body_is_refused(app: Any) -> None:
     admin = app.test_client()
     assert login(admin, ADMIN).status_code == 200
 
-    response = admin.post(f"{API_KEYS}/{key_id}/revoke",
-                          content_type="application/x-www-form-urlencoded")
+    response = admin.post(
+        f"{API_KEYS}/{key_id}/revoke", content_type="application/x-www-form-urlencoded"
+    )
     assert response.status_code in (403, 415)
     assert key_row(app, raw).revoked_at is None
 
@@ -568,8 +582,11 @@ def test_cookie_form_post_without_a_body_is_refused(app: Any) -> None:
 def test_login_from_a_foreign_origin_is_refused(app: Any) -> None:
     make_user(app, ADMIN, "admin")
     client = app.test_client()
-    response = client.post("/api/v1/session", json={"email": ADMIN, "password": PASSWORD},
-                           headers={"Origin": FOREIGN_ORIGIN})
+    response = client.post(
+        "/api/v1/session",
+        json={"email": ADMIN, "password": PASSWORD},
+        headers={"Origin": FOREIGN_ORIGIN},
+    )
     assert response.status_code == 403
     assert error_of(response)["code"] == "csrf_origin"
     assert client.get(ME).status_code == 401

@@ -77,7 +77,8 @@ def test_defaults_for_first_start(tmp_path: Path) -> None:
 
 
 def test_empty_environment_uses_instance_in_the_working_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     settings = load_settings({})
     assert settings.data_dir == Path("instance")
@@ -86,8 +87,9 @@ def test_empty_environment_uses_instance_in_the_working_directory(
 
 
 def test_empty_values_count_as_unset(tmp_path: Path) -> None:
-    settings = load_settings(env_for(tmp_path, PORT="", REDIS_URL="", DATABASE_URL="",
-                                     SENTINEL_ENV="", S3_ENDPOINT=""))
+    settings = load_settings(
+        env_for(tmp_path, PORT="", REDIS_URL="", DATABASE_URL="", SENTINEL_ENV="", S3_ENDPOINT="")
+    )
     assert settings.port == 4000
     assert settings.embedded_redis
     assert settings.database_url.startswith("sqlite:///")
@@ -98,9 +100,14 @@ def test_empty_values_count_as_unset(tmp_path: Path) -> None:
 # --- accepted values --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["postgres://u:p@db.example.com:5432/cp",
-                                 "postgresql://u:p@db.example.com:5432/cp",
-                                 "postgresql+psycopg://u:p@db.example.com:5432/cp"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:p@db.example.com:5432/cp",
+        "postgresql://u:p@db.example.com:5432/cp",
+        "postgresql+psycopg://u:p@db.example.com:5432/cp",
+    ],
+)
 def test_postgres_urls_are_accepted_and_normalised(tmp_path: Path, url: str) -> None:
     settings = load_settings(env_for(tmp_path, DATABASE_URL=url))
     assert settings.database_url == "postgresql+psycopg://u:p@db.example.com:5432/cp"
@@ -116,8 +123,14 @@ def test_valid_port_is_used(tmp_path: Path, port: str) -> None:
     assert load_settings(env_for(tmp_path, PORT=port)).port == int(port)
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://user:pw@cache:6380/1",
-                                 "unix:///var/run/redis/redis.sock"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:pw@cache:6380/1",
+        "unix:///var/run/redis/redis.sock",
+    ],
+)
 def test_redis_urls_with_supported_schemes_are_accepted(tmp_path: Path, url: str) -> None:
     settings = load_settings(env_for(tmp_path, REDIS_URL=url))
     assert settings.redis_url == url
@@ -131,19 +144,31 @@ def test_phx_host_is_accepted_for_public_host(tmp_path: Path) -> None:
 
 
 def test_public_host_wins_over_phx_host(tmp_path: Path) -> None:
-    settings = load_settings(env_for(tmp_path, PHX_HOST="old.example.com",
-                                     PUBLIC_HOST="new.example.com"))
+    settings = load_settings(
+        env_for(tmp_path, PHX_HOST="old.example.com", PUBLIC_HOST="new.example.com")
+    )
     assert settings.public_host == "new.example.com"
 
 
 def test_s3_endpoint_selects_s3_storage(tmp_path: Path) -> None:
-    settings = load_settings(env_for(tmp_path, S3_ENDPOINT="http://127.0.0.1:9000",
-                                     S3_BUCKET="b", S3_ACCESS_KEY_ID="ak",
-                                     S3_SECRET_ACCESS_KEY="sk", S3_REGION="eu-west-1"))
+    settings = load_settings(
+        env_for(
+            tmp_path,
+            S3_ENDPOINT="http://127.0.0.1:9000",
+            S3_BUCKET="b",
+            S3_ACCESS_KEY_ID="ak",
+            S3_SECRET_ACCESS_KEY="sk",
+            S3_REGION="eu-west-1",
+        )
+    )
     assert settings.storage_backend == "s3"
     assert settings.s3_endpoint == "http://127.0.0.1:9000"
-    assert (settings.s3_bucket, settings.s3_access_key_id, settings.s3_secret_access_key,
-            settings.s3_region) == ("b", "ak", "sk", "eu-west-1")
+    assert (
+        settings.s3_bucket,
+        settings.s3_access_key_id,
+        settings.s3_secret_access_key,
+        settings.s3_region,
+    ) == ("b", "ak", "sk", "eu-west-1")
 
 
 def test_storage_backend_s3_selects_s3_without_an_endpoint(tmp_path: Path) -> None:
@@ -153,8 +178,9 @@ def test_storage_backend_s3_selects_s3_without_an_endpoint(tmp_path: Path) -> No
 
 
 def test_production_with_required_values_binds_all_interfaces(tmp_path: Path) -> None:
-    settings = load_settings(env_for(tmp_path, SENTINEL_ENV="production",
-                                     SECRET_KEY_BASE=GOOD_SECRET, REDIS_URL=REDIS))
+    settings = load_settings(
+        env_for(tmp_path, SENTINEL_ENV="production", SECRET_KEY_BASE=GOOD_SECRET, REDIS_URL=REDIS)
+    )
     assert settings.is_production
     assert settings.host == "0.0.0.0"  # noqa: S104
     assert settings.secret_key == GOOD_SECRET
@@ -193,10 +219,12 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "values"), BAD_VALUES,
-                         ids=[f"{n}={next(iter(v.values()))}" for n, v in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("name", "values"), BAD_VALUES, ids=[f"{n}={next(iter(v.values()))}" for n, v in BAD_VALUES]
+)
 def test_bad_value_raises_config_error_starting_with_the_variable(
-        tmp_path: Path, name: str, values: dict[str, str]) -> None:
+    tmp_path: Path, name: str, values: dict[str, str]
+) -> None:
     assert config_error(env_for(tmp_path, **values)).startswith(name)
 
 
@@ -220,8 +248,9 @@ def test_production_ignores_a_previously_generated_secret(tmp_path: Path) -> Non
 
 
 def test_production_without_redis_url_names_it(tmp_path: Path) -> None:
-    message = config_error(env_for(tmp_path, SENTINEL_ENV="production",
-                                   SECRET_KEY_BASE=GOOD_SECRET))
+    message = config_error(
+        env_for(tmp_path, SENTINEL_ENV="production", SECRET_KEY_BASE=GOOD_SECRET)
+    )
     assert message.startswith("REDIS_URL")
 
 
@@ -276,7 +305,8 @@ def test_empty_secret_file_is_never_used_as_the_key(tmp_path: Path) -> None:
 
 
 def test_concurrent_first_start_reuses_the_winners_secret(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Two processes (web and worker) start together: both see no file, the other one writes
     # it first. The loser must read the winner's key, not crash with FileExistsError.
     real_open = os.open
@@ -305,20 +335,30 @@ def _run_app(tmp_path: Path, **values: str) -> subprocess.CompletedProcess[str]:
         "SENTINEL_DATA_DIR": str(tmp_path / "data"),
         **values,
     }
-    return subprocess.run(  # noqa: S603 - our own interpreter and entry point
-        [sys.executable, "app.py"], cwd=ROOT, env=environ, capture_output=True, text=True,
-        timeout=120, check=False,
+    return subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
-@pytest.mark.parametrize(("name", "values"), [
-    ("PORT", {"PORT": "notanumber"}),
-    ("SENTINEL_ENV", {"SENTINEL_ENV": "staging"}),
-    ("DATABASE_URL", {"DATABASE_URL": "mysql://u@db/cp"}),
-    ("SECRET_KEY_BASE", {"SENTINEL_ENV": "production", "REDIS_URL": REDIS}),
-], ids=["PORT", "SENTINEL_ENV", "DATABASE_URL", "production-secret"])
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("PORT", {"PORT": "notanumber"}),
+        ("SENTINEL_ENV", {"SENTINEL_ENV": "staging"}),
+        ("DATABASE_URL", {"DATABASE_URL": "mysql://u@db/cp"}),
+        ("SECRET_KEY_BASE", {"SENTINEL_ENV": "production", "REDIS_URL": REDIS}),
+    ],
+    ids=["PORT", "SENTINEL_ENV", "DATABASE_URL", "production-secret"],
+)
 def test_app_py_with_bad_config_exits_with_one_line_naming_the_variable(
-        tmp_path: Path, name: str, values: dict[str, str]) -> None:
+    tmp_path: Path, name: str, values: dict[str, str]
+) -> None:
     result = _run_app(tmp_path, **values)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from conftest import build_app
 
 
@@ -24,8 +23,9 @@ def _server_url(postgres_url: str, database: str) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def fresh_app(request: pytest.FixtureRequest, tmp_path: Path,
-              embedded_redis_url: str) -> Iterator[Any]:
+def fresh_app(
+    request: pytest.FixtureRequest, tmp_path: Path, embedded_redis_url: str
+) -> Iterator[Any]:
     """An app on an empty database of its own (nothing migrated yet)."""
     created: str | None = None
     if request.param == "sqlite":
@@ -49,8 +49,7 @@ def fresh_app(request: pytest.FixtureRequest, tmp_path: Path,
         if created is not None:
             import psycopg
 
-            with psycopg.connect(request.getfixturevalue("postgres_url"),
-                                 autocommit=True) as conn:
+            with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)')
 
 
@@ -106,8 +105,11 @@ def schema_differences(app: Any) -> list[Any]:
 
     from sentinel_cp.db import db
 
-    options = {"compare_type": True, "compare_server_default": True,
-               **app.extensions["migrate"].configure_args}
+    options = {
+        "compare_type": True,
+        "compare_server_default": True,
+        **app.extensions["migrate"].configure_args,
+    }
     options.pop("process_revision_directives", None)
     with app.app_context(), db.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts=options)
@@ -205,8 +207,11 @@ def test_drift_check_detects_a_schema_change(fresh_app: Any) -> None:
     with fresh_app.app_context(), db.engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE projects ADD COLUMN stray INTEGER"))
     differences = schema_differences(fresh_app)
-    assert any(diff[0] == "remove_column" and diff[2] == "projects" and diff[3].name == "stray"
-               for diff in differences if isinstance(diff, tuple)), differences
+    assert any(
+        diff[0] == "remove_column" and diff[2] == "projects" and diff[3].name == "stray"
+        for diff in differences
+        if isinstance(diff, tuple)
+    ), differences
 
 
 def test_migrated_schema_stores_and_reads_a_row(fresh_app: Any) -> None:

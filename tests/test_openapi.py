@@ -10,8 +10,14 @@ import pytest
 from openapi_spec_validator import validate
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
-PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/openapi.json", "/api/docs",
-                "/api/v1/session"}
+PUBLIC_PATHS = {
+    "/health",
+    "/ready",
+    "/metrics",
+    "/api/openapi.json",
+    "/api/docs",
+    "/api/v1/session",
+}
 
 
 def openapi_path(rule: str) -> str:
@@ -40,8 +46,9 @@ def document(client: Any) -> dict[str, Any]:
 
 
 def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(path, method, op) for path, ops in document["paths"].items()
-            for method, op in ops.items()]
+    return [
+        (path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()
+    ]
 
 
 def test_openapi_document_is_valid(document: dict[str, Any]) -> None:
@@ -54,20 +61,26 @@ def test_openapi_document_needs_no_authentication(client: Any) -> None:
     assert response.status_code == 200
 
 
-def test_every_url_rule_is_in_the_document_with_its_method(app: Any,
-                                                           document: dict[str, Any]) -> None:
+def test_every_url_rule_is_in_the_document_with_its_method(
+    app: Any, document: dict[str, Any]
+) -> None:
     rules = url_rules(app)
     assert len(rules) > 10
-    missing = [f"{method} {path}" for path, method, _ in rules
-               if method.lower() not in document["paths"].get(path, {})]
+    missing = [
+        f"{method} {path}"
+        for path, method, _ in rules
+        if method.lower() not in document["paths"].get(path, {})
+    ]
     assert not missing, f"routes absent from /api/openapi.json: {missing}"
 
 
-def test_document_lists_no_route_the_app_does_not_serve(app: Any,
-                                                        document: dict[str, Any]) -> None:
+def test_document_lists_no_route_the_app_does_not_serve(app: Any, document: dict[str, Any]) -> None:
     served = {(path, method.lower()) for path, method, _ in url_rules(app)}
-    extra = [f"{method.upper()} {path}" for path, method, _ in operations(document)
-             if (path, method) not in served]
+    extra = [
+        f"{method.upper()} {path}"
+        for path, method, _ in operations(document)
+        if (path, method) not in served
+    ]
     assert not extra, extra
 
 
@@ -84,8 +97,11 @@ def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
 
 
 def test_every_operator_route_declares_401_and_403(document: dict[str, Any]) -> None:
-    operator = [(path, method, op) for path, method, op in operations(document)
-                if path.startswith("/api/v1/") and path not in PUBLIC_PATHS]
+    operator = [
+        (path, method, op)
+        for path, method, op in operations(document)
+        if path.startswith("/api/v1/") and path not in PUBLIC_PATHS
+    ]
     assert len(operator) > 10
     for path, method, op in operator:
         assert {"401", "403"} <= set(op["responses"]), f"{method.upper()} {path}"
@@ -93,13 +109,15 @@ def test_every_operator_route_declares_401_and_403(document: dict[str, Any]) -> 
 
 
 def test_operator_routes_really_answer_401_without_credentials(
-        client: Any, document: dict[str, Any]) -> None:
+    client: Any, document: dict[str, Any]
+) -> None:
     for path, method, op in operations(document):
         if not op.get("security"):
             continue
         concrete = re.sub(r"\{[^}]+\}", "00000000-0000-4000-8000-000000000000", path)
-        response = client.open(concrete, method=method.upper(), json={} if method in (
-            "post", "patch", "put") else None)
+        response = client.open(
+            concrete, method=method.upper(), json={} if method in ("post", "patch", "put") else None
+        )
         assert response.status_code == 401, f"{method.upper()} {path}"
         assert "401" in op["responses"]
 
@@ -137,6 +155,6 @@ def test_docs_page_is_html_listing_every_path(client: Any, document: dict[str, A
     assert response.mimetype == "text/html"
     page = response.get_data(as_text=True)
     assert page.lstrip().lower().startswith("<!doctype html")
-    for path, method, _ in operations(document):
+    for path, _method, _ in operations(document):
         assert path in page, path
     assert page.count('class="m"') == len(operations(document))

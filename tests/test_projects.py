@@ -320,8 +320,7 @@ def test_delete_writes_one_project_deleted_row_on_the_global_chain(app: Any, cli
     assert [r["action"] for r in new_rows] == ["project.deleted"]
     assert new_rows[0]["project_id"] is None
     assert new_rows[0]["resource"] == {"type": "project", "id": pid}
-    assert new_rows[0]["changes"] == {"slug": "alpha", "name": "Alpha",
-                                         "api_keys_removed": []}
+    assert new_rows[0]["changes"] == {"slug": "alpha", "name": "Alpha", "api_keys_removed": []}
     # Nothing new on the project's own chain.
     assert [r["action"] for r in audit_rows(app, chain=pid)] == ["project.created"]
 

@@ -40,7 +40,9 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
         except Exception as exc:  # the server may not be listening yet
             last_error = exc
         time.sleep(POLL_INTERVAL_S)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 @dataclass
@@ -63,14 +65,27 @@ def start_server(env_extra: dict[str, str], tmp: Path) -> Server:
     port = free_port()
     data_dir = tmp / "data"
     log_path = tmp / "server.log"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY_BASE", "SENTINEL_ENV")}
-    env.update({"PORT": str(port), "SENTINEL_DATA_DIR": str(data_dir),
-                "SENTINEL_ADMIN_PASSWORD": PASSWORD, **env_extra})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY_BASE", "SENTINEL_ENV")
+    }
+    env.update(
+        {
+            "PORT": str(port),
+            "SENTINEL_DATA_DIR": str(data_dir),
+            "SENTINEL_ADMIN_PASSWORD": PASSWORD,
+            **env_extra,
+        }
+    )
     log_file = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log_file,
-        stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     server = Server(process, f"http://127.0.0.1:{port}", data_dir, log_path)
 
@@ -107,15 +122,17 @@ def test_embedded_server_uses_sqlite_and_local_storage(embedded_server: Server) 
 def test_embedded_cron_and_worker_run_periodic_jobs(embedded_server: Server) -> None:
     beat = wait_for(
         lambda: httpx.get(f"{embedded_server.url}/ready").json()["jobs_last_run_at"],
-        timeout=45, what="a periodic job run by rq cron + rq worker",
+        timeout=45,
+        what="a periodic job run by rq cron + rq worker",
     )
     assert beat.startswith("20")
 
 
 def test_embedded_server_creates_admin_and_default_project(embedded_server: Server) -> None:
     with httpx.Client(base_url=embedded_server.url) as client:
-        login = client.post("/api/v1/session",
-                            json={"email": "admin@localhost", "password": PASSWORD})
+        login = client.post(
+            "/api/v1/session", json={"email": "admin@localhost", "password": PASSWORD}
+        )
         assert login.status_code == 200
         assert login.json()["role"] == "admin"
         slugs = [p["slug"] for p in client.get("/api/v1/projects").json()["items"]]
@@ -141,9 +158,11 @@ def test_server_stops_its_worker_and_cron_children(tmp_path: Path) -> None:
     assert server.stop() == 0
 
     def gone() -> bool:
-        return not any(Path(f"/proc/{pid}").exists() and
-                       "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-                       for pid in pids)
+        return not any(
+            Path(f"/proc/{pid}").exists()
+            and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+            for pid in pids
+        )
 
     wait_for(gone, timeout=20, what="worker and cron to exit")
 
@@ -151,13 +170,16 @@ def test_server_stops_its_worker_and_cron_children(tmp_path: Path) -> None:
 def test_production_mode_runs_on_postgres_and_real_redis(
     tmp_path: Path, postgres_url: str, real_redis_url: str
 ) -> None:
-    server = start_server({
-        "SENTINEL_ENV": "production",
-        "SECRET_KEY_BASE": "p" * 48,
-        "DATABASE_URL": postgres_url,
-        "REDIS_URL": real_redis_url,
-        "HOST": "127.0.0.1",
-    }, tmp_path)
+    server = start_server(
+        {
+            "SENTINEL_ENV": "production",
+            "SECRET_KEY_BASE": "p" * 48,
+            "DATABASE_URL": postgres_url,
+            "REDIS_URL": real_redis_url,
+            "HOST": "127.0.0.1",
+        },
+        tmp_path,
+    )
     try:
         ready = httpx.get(f"{server.url}/ready").json()
         assert ready["checks"] == {"database": "ok", "redis": "ok", "storage": "ok"}
@@ -174,16 +196,25 @@ def test_production_mode_runs_on_postgres_and_real_redis(
 def chromium() -> Iterator[Any]:
     chromium_path = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
-    require_service(bool(chromium_path and driver_path),
-                    "Debian's chromium and chromium-driver are not installed")
+    require_service(
+        bool(chromium_path and driver_path),
+        "Debian's chromium and chromium-driver are not installed",
+    )
     os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a browser
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium_path  # type: ignore[assignment]
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--window-size=1280,800"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1280,800",
+    ):
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options.add_argument(f"--user-data-dir={profile}")
@@ -211,20 +242,27 @@ def test_admin_logs_in_to_the_console_in_chromium(embedded_server: Server, chrom
     ARTIFACTS.mkdir(exist_ok=True)
     wait = WebDriverWait(chromium, 20)
     chromium.get(f"{embedded_server.url}/")
-    email = wait.until(ec.presence_of_element_located(
-        (By.CSS_SELECTOR, "input[autocomplete=username]")))
+    email = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "input[autocomplete=username]"))
+    )
     wait_for_websocket(chromium)
     chromium.save_screenshot(str(ARTIFACTS / "console-login.png"))
 
     email.send_keys("admin@localhost")
     chromium.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("wrong password!!")
     chromium.find_element(By.XPATH, "//button[contains(., 'Log in')]").click()
-    wait.until(ec.text_to_be_present_in_element(
-        (By.XPATH, "//*[contains(@class, 'text-negative')]"), "Invalid email or password"))
+    wait.until(
+        ec.text_to_be_present_in_element(
+            (By.XPATH, "//*[contains(@class, 'text-negative')]"), "Invalid email or password"
+        )
+    )
 
-    password = chromium.find_element(By.CSS_SELECTOR, "input[type=password]")
-    password.clear()
-    password.send_keys(PASSWORD)
+    chromium.refresh()  # a fresh form: webdriver's clear() bypasses Vue's input events
+    wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "input[autocomplete=username]"))
+    ).send_keys("admin@localhost")
+    wait_for_websocket(chromium)
+    chromium.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(PASSWORD)
     chromium.find_element(By.XPATH, "//button[contains(., 'Log in')]").click()
     wait.until(ec.presence_of_element_located((By.XPATH, "//*[text()='Next steps']")))
     wait_for_websocket(chromium)
@@ -234,6 +272,17 @@ def test_admin_logs_in_to_the_console_in_chromium(embedded_server: Server, chrom
     assert "project.created" in page  # the live audit trail of the default project
     cookies = {c["name"] for c in chromium.get_cookies()}
     assert {"sentinel_session", "sentinel_console"} <= cookies
+
+    # A change made through the API reaches the open page over Redis pub/sub + websocket.
+    with httpx.Client(base_url=embedded_server.url) as api:
+        api.post("/api/v1/session", json={"email": "admin@localhost", "password": PASSWORD})
+        rotated = api.post("/api/v1/projects/default/registration-token", json={})
+        assert rotated.status_code == 201
+    wait.until(
+        ec.text_to_be_present_in_element(
+            (By.TAG_NAME, "body"), "project.registration_token_rotated"
+        )
+    )
     chromium.save_screenshot(str(ARTIFACTS / "console-dashboard.png"))
 
     chromium.find_element(By.XPATH, "//button[contains(., 'Log out')]").click()
