@@ -51,6 +51,23 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if verdict.valid else 1
 
 
+def cmd_create_user(args: argparse.Namespace) -> int:
+    """Create a user from the shell (audited as `cli`); the password is read from stdin."""
+    from sentinel_cp import accounts
+    from sentinel_cp.audit import Actor
+    from sentinel_cp.db import db
+
+    password = sys.stdin.readline().rstrip("\n")
+    app = _app()
+    with app.app_context():
+        user = accounts.create_user(
+            Actor.system("cli"), email=args.email, password=password, role=args.role
+        )
+        db.session.commit()
+        print(json.dumps(user.to_dict()))  # noqa: T201
+    return 0
+
+
 def cmd_openapi(_args: argparse.Namespace) -> int:
     """Print the OpenAPI document (docs/openapi.json is this output, checked by a test)."""
     from blueprints.openapi import build_document
@@ -66,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
     commands.add_parser("setup", help="migrate, then create the first admin and project")
     commands.add_parser("openapi", help="print the OpenAPI document")
+    create_user = commands.add_parser("create-user", help="create a user; password on stdin")
+    create_user.add_argument("--email", required=True)
+    create_user.add_argument("--role", choices=("admin", "operator", "reader"), default="reader")
     audit_parser = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="verify a hash chain")
@@ -77,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         "migrate": cmd_migrate,
         "setup": cmd_setup,
         "openapi": cmd_openapi,
+        "create-user": cmd_create_user,
         "audit": cmd_audit_verify,
     }
     try:

@@ -1,0 +1,154 @@
+"""Events published after commit, the periodic schedule as data, jobs on a real RQ worker,
+the CLI, and documentation that must match the code."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import ROOT, make_project
+from rq import Queue, SimpleWorker
+
+from sentinel_cp import events, projects, scheduling
+from sentinel_cp.audit import Actor
+from sentinel_cp.db import db
+
+
+def subscribe(url: str) -> Any:
+    pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events.CHANNEL)
+    assert pubsub.get_message(timeout=2) is None  # the subscription is confirmed
+    return pubsub
+
+
+def next_event(pubsub: Any, project_id: str) -> dict[str, Any] | None:
+    """The next event about `project_id` (other test processes may share the server)."""
+    while (message := pubsub.get_message(timeout=1)) is not None:
+        event = json.loads(message["data"])
+        if event.get("project") == project_id:
+            return event  # type: ignore[no-any-return]
+    return None
+
+
+def test_events_are_published_when_the_transaction_commits(app: Any, backend: Any) -> None:
+    pubsub = subscribe(backend.redis_url)
+    with app.app_context():
+        project = projects.create_project(Actor.system("test"), slug="beta", name="Beta")
+        project_id = str(project.id)
+        assert next_event(pubsub, project_id) is None  # not before the commit
+        db.session.commit()
+    event = next_event(pubsub, project_id)
+    assert event is not None
+    assert (event["kind"], event["state"]) == ("audit", "project.created")
+
+
+def test_a_rolled_back_change_publishes_nothing(app: Any, backend: Any) -> None:
+    pubsub = subscribe(backend.redis_url)
+    with app.app_context():
+        project = projects.create_project(Actor.system("test"), slug="gamma", name="Gamma")
+        project_id = str(project.id)
+        db.session.rollback()
+        db.session.commit()
+    assert next_event(pubsub, project_id) is None
+
+
+def test_periodic_jobs_are_declared_once_as_data() -> None:
+    from jobs.cron import PERIODIC_JOBS
+
+    names = [f"{job.func.__module__}.{job.func.__name__}" for job in PERIODIC_JOBS]
+    assert len(names) == len(set(names))
+    assert "jobs.maintenance.record_beat" in names
+    assert all(job.interval_s > 0 and job.timeout_s > 0 for job in PERIODIC_JOBS)
+
+
+def test_beat_job_runs_on_a_real_worker_and_is_idempotent(
+    app: Any, backend: Any, monkeypatch: Any
+) -> None:
+    from jobs.maintenance import record_beat
+
+    monkeypatch.setenv("REDIS_URL", backend.redis_url)
+    connection = redis.Redis.from_url(backend.redis_url)
+    queue = Queue("maintenance", connection=connection)
+    first = queue.enqueue(record_beat)
+    second = queue.enqueue(record_beat)
+    SimpleWorker([queue], connection=connection).work(burst=True)
+    assert first.get_status() == second.get_status() == "finished"
+    with app.app_context():
+        assert scheduling.last_beat() == second.return_value()
+    assert connection.ttl(scheduling.BEAT_KEY) > 0
+
+
+def cli(
+    monkeypatch: Any, backend: Any, tmp_path: Path, *args: str, stdin: str = ""
+) -> tuple[int, str]:
+    from sentinel_cp import cli as cli_module
+
+    monkeypatch.setenv("DATABASE_URL", backend.database_url)
+    monkeypatch.setenv("REDIS_URL", backend.redis_url)
+    monkeypatch.setenv("SENTINEL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SECRET_KEY_BASE", "s" * 40)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main(list(args))
+    return int(exit_info.value.code or 0), out.getvalue()
+
+
+def test_cli_creates_a_user_with_the_password_from_stdin(
+    app: Any, backend: Any, client: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    code, out = cli(
+        monkeypatch,
+        backend,
+        tmp_path,
+        "create-user",
+        "--email",
+        "ops@example.com",
+        "--role",
+        "operator",
+        stdin="a-long-password-1\n",
+    )
+    assert code == 0
+    assert json.loads(out)["role"] == "operator"
+    login = client.post(
+        "/api/v1/session", json={"email": "ops@example.com", "password": "a-long-password-1"}
+    )
+    assert login.status_code == 200
+
+
+def test_cli_refuses_a_short_password(
+    app: Any, backend: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    code, _ = cli(
+        monkeypatch, backend, tmp_path, "create-user", "--email", "x@example.com", stdin="short\n"
+    )
+    assert code == 1
+
+
+def test_docs_openapi_json_matches_the_generated_document(app: Any) -> None:
+    from blueprints.openapi import build_document
+
+    committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(build_document(app))), (
+        "docs/openapi.json is stale: run `.venv/bin/sentinel-cp openapi > docs/openapi.json`"
+    )
+
+
+def test_readme_quick_start_is_exactly_make_run_and_make_test() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    assert quick_start.strip().splitlines() == ["make run", "make test"]
+
+
+def test_setup_created_project_is_visible_to_the_dashboard_query(app: Any) -> None:
+    make_project(app, "delta")
+    from console.frame import _project_slugs
+
+    with app.app_context():
+        assert _project_slugs() == ["delta"]
