@@ -64,7 +64,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
             Actor.system("cli"), email=args.email, password=password, role=args.role
         )
         db.session.commit()
-        print(json.dumps(user.to_dict()))  # noqa: T201
+        print(json.dumps(user.to_dict()))
     return 0
 
 
