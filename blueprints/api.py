@@ -19,7 +19,7 @@ from flask import Blueprint, request
 from pydantic import BaseModel, ValidationError
 
 from blueprints import auth
-from sentinel_cp.errors import Invalid
+from sentinel_cp.errors import Invalid, NotFound
 
 
 class BadRequest(Exception):
@@ -73,14 +73,47 @@ def parse_json_body(schema: type[BaseModel]) -> BaseModel:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"Malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("Malformed JSON: nested too deeply") from None
     if not isinstance(raw, dict):
         raise BadRequest("The request body must be a JSON object", code="malformed_body")
+    bad = _nul_field(raw, "")
+    if bad is not None:
+        raise Invalid(
+            "Strings must not contain NUL characters",
+            fields={bad or "body": ["contains a NUL character"]},
+        )
     try:
         # Validating the bytes (not the dict) keeps strict mode's JSON rules: ISO strings
         # are accepted for datetimes, "5" is still refused for an integer.
         return schema.model_validate_json(data)
     except ValidationError as exc:
         raise Invalid("Invalid request body", fields=validation_fields(exc)) from None
+
+
+def _nul_field(value: Any, path: str, depth: int = 0) -> str | None:
+    """The dotted path of the first string (or key) holding a NUL character, if any.
+
+    PostgreSQL cannot store NUL in text, so it is refused here for every backend alike.
+    """
+    if depth > 64:
+        return None  # pydantic refuses such nesting anyway; nothing this deep is stored
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return path or "body"
+            found = _nul_field(item, child, depth + 1)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_field(item, f"{path}.{index}" if path else str(index), depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def parse_query(schema: type[BaseModel]) -> BaseModel:
@@ -120,6 +153,15 @@ def route(
         @functools.wraps(view)
         def wrapper(**path_args: Any) -> Any:
             kwargs: dict[str, Any] = dict(path_args)
+            for name, value in path_args.items():
+                if "\x00" in str(value):  # no stored name can contain one
+                    raise NotFound("Not found")
+            for name, value in request.args.items(multi=True):
+                if "\x00" in name or "\x00" in value:
+                    raise Invalid(
+                        "Query strings must not contain NUL characters",
+                        fields={f"query.{name}": ["contains a NUL character"]},
+                    )
             if auth_mode == "operator":
                 principal = auth.require_principal()
                 if scope is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC
 
 from flask import Blueprint, Response, stream_with_context
 
@@ -20,17 +19,12 @@ SCOPE = "audit:read"
 
 
 def _filters(query: AuditQuery | AuditExportQuery) -> audit.AuditFilter:
-    def utc(value):  # type: ignore[no-untyped-def]
-        if value is None:
-            return None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-
     return audit.AuditFilter(
         actor=query.actor,
         action=query.action,
         resource=query.resource,
-        since=utc(query.since),
-        until=utc(query.until),
+        since=query.since,
+        until=query.until,
     )
 
 

@@ -90,9 +90,13 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        from sqlalchemy.exc import IntegrityError, OperationalError
+        from sqlalchemy.exc import DataError, IntegrityError, OperationalError
         from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+        if isinstance(exc, DataError):
+            # A value the database cannot hold slipped past validation: still the caller's input.
+            log.warning("database refused a value: %s", exc.__class__.__name__)
+            return error_response(422, "A value is out of range or not storable", "invalid_value")
         if isinstance(exc, IntegrityError):
             # Two requests raced past a uniqueness check; the database kept exactly one.
             return error_response(409, "Conflicting change; reload and retry", "conflicting_change")

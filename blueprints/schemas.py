@@ -6,10 +6,10 @@ everything in a URL is a string, but unknown parameters are still refused.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from sentinel_cp.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from sentinel_cp.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -28,6 +28,20 @@ Scope = Literal[
 ]
 EmailText = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
 T = TypeVar("T")
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Naive times are UTC; every time is converted to UTC, which must be representable."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range once converted to UTC") from None
+
+
+UTCDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+AwareUTCDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
 
 
 class Body(BaseModel):
@@ -127,7 +141,7 @@ class ApiKeyCreateIn(Body):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[str] = Field(min_length=1, max_length=len(Scope.__args__))  # type: ignore[attr-defined]
     project: str | None = Field(None, max_length=50)
-    expires_at: AwareDatetime | None = None
+    expires_at: AwareUTCDatetime | None = None
 
 
 class ApiKeyOut(Out):
@@ -209,8 +223,8 @@ class AuditQuery(PageQuery):
     actor: str | None = Field(None, max_length=255)
     action: str | None = Field(None, max_length=64, pattern=r"^[a-z_]+(\.[a-z_]+)*(\.\*)?$")
     resource: str | None = Field(None, max_length=100, pattern=r"^[a-z_]+(:[A-Za-z0-9_.:-]+)?$")
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UTCDatetime | None = None
+    until: UTCDatetime | None = None
 
 
 class AuditExportQuery(Query):
@@ -218,8 +232,8 @@ class AuditExportQuery(Query):
     actor: str | None = Field(None, max_length=255)
     action: str | None = Field(None, max_length=64, pattern=r"^[a-z_]+(\.[a-z_]+)*(\.\*)?$")
     resource: str | None = Field(None, max_length=100, pattern=r"^[a-z_]+(:[A-Za-z0-9_.:-]+)?$")
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UTCDatetime | None = None
+    until: UTCDatetime | None = None
 
 
 class AuditActorOut(Out):

@@ -468,6 +468,8 @@ def list_api_keys(principal: Principal, *, limit: int, cursor: str | None) -> Pa
         try:
             created_at = datetime.fromisoformat(created)
             last_id = uuid.UUID(key_id)
+            if created_at.tzinfo is None:
+                raise ValueError("cursor time without a zone")
         except ValueError:
             raise Invalid(
                 "Invalid cursor", fields={"cursor": ["not a cursor from this API"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,9 @@ def _url(name: str, value: str | None, schemes: tuple[str, ...]) -> str | None:
     if not value:
         return None
     parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
+    # A socket URL (unix:///run/redis.sock) has a path and no host; the others need a host.
+    located = parts.path if parts.scheme == "unix" else parts.netloc
+    if parts.scheme not in schemes or not located:
         raise ConfigError(f"{name}: expected a URL starting with {' or '.join(schemes)}://")
     return value
 
@@ -103,15 +106,39 @@ def _secret_key(env: Mapping[str, str], data_dir: Path, production: bool) -> str
         return value
     if production:
         raise ConfigError("SECRET_KEY_BASE: required when SENTINEL_ENV=production")
-    path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    return key
+    return _generated_secret(data_dir / "secret_key")
+
+
+def _generated_secret(path: Path) -> str:
+    """The development secret in `path`, created once (0600, written atomically).
+
+    Several processes may start at once: each writes its own temporary file and links it into
+    place; whoever loses the race reads the winner's key. A short or empty file (from a crash
+    before this was atomic, or an edit) is replaced rather than trusted.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            if path.exists():
+                key = path.read_text().strip()
+                if len(key) >= 32:
+                    return key
+                path.unlink(missing_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key-")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, path)  # fails if another process got there first
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(
+            f"SENTINEL_DATA_DIR: cannot keep a secret key there ({exc.strerror})"
+        ) from None
+    raise ConfigError(f"SENTINEL_DATA_DIR: {path} keeps holding an unusable secret key")
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

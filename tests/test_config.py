@@ -309,17 +309,17 @@ def test_concurrent_first_start_reuses_the_winners_secret(
 ) -> None:
     # Two processes (web and worker) start together: both see no file, the other one writes
     # it first. The loser must read the winner's key, not crash with FileExistsError.
-    real_open = os.open
+    real_link = os.link
     target = str(tmp_path / "secret_key")
 
-    def racing_open(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
-        if str(path) == target and not os.path.exists(target):
-            with open(target, "w") as fh:
+    def racing_link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if str(dst) == target and not os.path.exists(target):
+            with open(target, "w") as fh:  # the other process wins just before us
                 fh.write("w" * 64)
             os.chmod(target, 0o600)
-        return real_open(path, flags, mode, **kwargs)
+        real_link(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(config.os, "open", racing_open)
+    monkeypatch.setattr(config.os, "link", racing_link)
     settings = load_settings(env_for(tmp_path))
     assert settings.secret_key == "w" * 64
 
