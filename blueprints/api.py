@@ -153,7 +153,7 @@ def route(
         @functools.wraps(view)
         def wrapper(**path_args: Any) -> Any:
             kwargs: dict[str, Any] = dict(path_args)
-            for name, value in path_args.items():
+            for value in path_args.values():
                 if "\x00" in str(value):  # no stored name can contain one
                     raise NotFound("Not found")
             for name, value in request.args.items(multi=True):
