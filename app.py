@@ -176,8 +176,30 @@ class PathDispatcher:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
             await self.api(scope, receive, send)
+        elif scope["type"] == "http":
+            await self.console(scope, receive, _with_console_headers(send))
         else:
             await self.console(scope, receive, send)
+
+
+CONSOLE_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+
+
+def _with_console_headers(send: Any) -> Any:
+    """Add the console's security headers to every HTTP response it starts."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            present = {name.lower() for name, _ in message.get("headers", [])}
+            extra = [(k, v) for k, v in CONSOLE_HEADERS if k not in present]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
 
 
 def create_asgi(flask_app: Flask | None = None) -> PathDispatcher:

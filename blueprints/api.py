@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from blueprints import auth
 from sentinel_cp.errors import Invalid, NotFound
+from sentinel_cp.pagination import Page
 
 
 class BadRequest(Exception):
@@ -200,6 +201,15 @@ def route(
         return wrapper
 
     return decorate
+
+
+def page_body(page: Page[Any], serialize: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The list shape every collection endpoint answers with."""
+    return {
+        "items": [serialize(item) for item in page.items],
+        "next_cursor": page.next_cursor,
+        "total": page.total,
+    }
 
 
 class _Empty(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from blueprints.api import route
+from blueprints.api import page_body, route
 from blueprints.ids import parse_uuid
 from blueprints.schemas import ApiKeyCreatedOut, ApiKeyCreateIn, ApiKeyOut, ListOut, PageQuery
 from sentinel_cp import accounts, projects
@@ -42,11 +42,7 @@ def list_keys(principal: Principal, query: PageQuery) -> dict[str, object]:
     page = accounts.list_api_keys(principal, limit=query.limit, cursor=query.cursor)
     slugs = _slugs(page.items)
     db.session.commit()
-    return {
-        "items": [_out(k, slugs) for k in page.items],
-        "next_cursor": page.next_cursor,
-        "total": page.total,
-    }
+    return page_body(page, lambda key: _out(key, slugs))
 
 
 @route(

@@ -6,7 +6,7 @@ import uuid
 
 from flask import Blueprint, Response, stream_with_context
 
-from blueprints.api import route
+from blueprints.api import page_body, route
 from blueprints.projects import visible_project
 from blueprints.schemas import AuditEntryOut, AuditExportQuery, AuditQuery, AuditVerifyOut, ListOut
 from sentinel_cp import audit
@@ -36,11 +36,7 @@ def _global_chain(principal: Principal) -> None:
 def _list(project_id: uuid.UUID | None, query: AuditQuery) -> dict[str, object]:
     page = audit.list_entries(project_id, _filters(query), limit=query.limit, cursor=query.cursor)
     db.session.commit()
-    return {
-        "items": [row.to_dict() for row in page.items],
-        "next_cursor": page.next_cursor,
-        "total": page.total,
-    }
+    return page_body(page, lambda item: item.to_dict())
 
 
 def _export(project_id: uuid.UUID | None, query: AuditExportQuery, name: str) -> Response:

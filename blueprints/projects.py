@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from blueprints.api import route
+from blueprints.api import page_body, route
 from blueprints.schemas import (
     ListOut,
     PageQuery,
@@ -40,11 +40,7 @@ def list_projects(principal: Principal, query: PageQuery) -> dict[str, object]:
         visible_to=principal.project_id, limit=query.limit, cursor=query.cursor
     )
     db.session.commit()
-    return {
-        "items": [p.to_dict() for p in page.items],
-        "next_cursor": page.next_cursor,
-        "total": page.total,
-    }
+    return page_body(page, lambda item: item.to_dict())
 
 
 @route(

@@ -11,21 +11,13 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from sentinel_cp import accounts
 from sentinel_cp.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from sentinel_cp.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-Role = Literal["admin", "operator", "reader"]
-Scope = Literal[
-    "nodes:read",
-    "nodes:write",
-    "bundles:read",
-    "bundles:write",
-    "rollouts:read",
-    "rollouts:write",
-    "audit:read",
-    "projects:admin",
-    "api_keys:admin",
-]
+# The names come from the domain, so the schemas cannot drift from what it accepts.
+Role = Literal[accounts.ROLES]  # type: ignore[valid-type]
+Scope = Literal[accounts.SCOPES]  # type: ignore[valid-type]
 EmailText = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
 T = TypeVar("T")
 
@@ -139,7 +131,7 @@ class UserOut(Out):
 
 class ApiKeyCreateIn(Body):
     name: str = Field(min_length=1, max_length=100)
-    scopes: list[str] = Field(min_length=1, max_length=len(Scope.__args__))  # type: ignore[attr-defined]
+    scopes: list[str] = Field(min_length=1, max_length=len(accounts.SCOPES))
     project: str | None = Field(None, max_length=50)
     expires_at: AwareUTCDatetime | None = None
 

@@ -6,7 +6,7 @@ import uuid
 
 from flask import Blueprint
 
-from blueprints.api import route
+from blueprints.api import page_body, route
 from blueprints.ids import parse_uuid
 from blueprints.schemas import ListOut, PageQuery, UserCreateIn, UserOut, UserPatchIn
 from sentinel_cp import accounts
@@ -28,11 +28,7 @@ def list_users(principal: Principal, query: PageQuery) -> dict[str, object]:
     _require_unbound(principal)
     page = accounts.list_users(limit=query.limit, cursor=query.cursor)
     db.session.commit()
-    return {
-        "items": [u.to_dict() for u in page.items],
-        "next_cursor": page.next_cursor,
-        "total": page.total,
-    }
+    return page_body(page, lambda item: item.to_dict())
 
 
 @route(

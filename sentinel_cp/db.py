@@ -30,7 +30,8 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-db = SQLAlchemy(model_class=Base)
+# Objects stay readable after commit: views serialize what they just wrote without reloading.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 
 
 class UTCDateTime(TypeDecorator[datetime]):

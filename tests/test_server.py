@@ -151,6 +151,13 @@ def test_console_requires_login(embedded_server: Server) -> None:
     assert response.headers["location"].startswith("/login")
 
 
+def test_console_pages_carry_security_headers(embedded_server: Server) -> None:
+    response = httpx.get(f"{embedded_server.url}/login")
+    assert response.status_code == 200
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
 def test_server_stops_its_worker_and_cron_children(tmp_path: Path) -> None:
     server = start_server({}, tmp_path)
     pids = [int(p) for p in re.findall(r"started (?:worker|cron) \(pid (\d+)\)", server.log())]
