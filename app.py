@@ -24,7 +24,7 @@ from flask_migrate import Migrate
 
 from blueprints import register_blueprints
 from blueprints.errors import error_response, register_error_handlers
-from sentinel_cp import accounts, broker, metrics, storage
+from sentinel_cp import accounts, broker, metrics, signing, storage
 from sentinel_cp.config import Settings, load_settings
 from sentinel_cp.db import db
 from sentinel_cp.logs import configure_logging, request_id
@@ -86,6 +86,7 @@ def create_app(
     migrate.init_app(app, db)
     login_manager.init_app(app)
     broker.configure(app.config["REDIS_URL"])
+    signing.configure(app.config["SECRET_KEY"])
     accounts.configure_password_hashing(
         time_cost=app.config["ARGON2_TIME_COST"], memory_cost=app.config["ARGON2_MEMORY_COST"]
     )
@@ -99,7 +100,7 @@ def create_app(
 
 def _import_models() -> None:
     """Every model module, so metadata (and Alembic autogenerate) sees all tables."""
-    from sentinel_cp import accounts, audit, projects  # noqa: F401
+    from sentinel_cp import accounts, audit, nodes, projects, signing  # noqa: F401
 
 
 @login_manager.user_loader

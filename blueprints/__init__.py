@@ -6,7 +6,17 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from blueprints import api_keys, audit, health, openapi, projects, session, users
+    from blueprints import (
+        api_keys,
+        audit,
+        health,
+        node_api,
+        nodes,
+        openapi,
+        projects,
+        session,
+        users,
+    )
 
-    for module in (health, openapi, session, users, api_keys, projects, audit):
+    for module in (health, openapi, session, users, api_keys, projects, audit, node_api, nodes):
         app.register_blueprint(module.bp)

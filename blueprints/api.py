@@ -36,6 +36,12 @@ class UnsupportedMediaType(Exception):
     pass
 
 
+class PayloadTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
 @dataclass
 class RouteSpec:
     rule: str
@@ -147,8 +153,14 @@ def route(
     status: int = 200,
     responses: dict[int, str] | None = None,
     produces: str = "application/json",
+    max_body: int | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a view with declared input/output; see the module docstring."""
+    """Register a view with declared input/output; see the module docstring.
+
+    `auth_mode` is `operator` (API key or session, plus `scope`), `node` (node key or JWT
+    whose node must be the `node_id` in the path) or `public`. `max_body` lowers the
+    app-wide body limit for this route.
+    """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -163,11 +175,17 @@ def route(
                         "Query strings must not contain NUL characters",
                         fields={f"query.{name}": ["contains a NUL character"]},
                     )
+            if max_body is not None and len(request.get_data(cache=True)) > max_body:
+                raise PayloadTooLarge(max_body)
             if auth_mode == "operator":
                 principal = auth.require_principal()
                 if scope is not None:
                     principal.require(scope)
                 kwargs["principal"] = principal
+            elif auth_mode == "node":
+                from blueprints import node_auth  # imports ids, which imports this module
+
+                kwargs["node"] = node_auth.require_node(kwargs.pop("node_id"))
             if body is not None:
                 kwargs["body"] = parse_json_body(body)
             elif method in ("POST", "PUT", "PATCH") and request.get_data(cache=True):

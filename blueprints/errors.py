@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from blueprints.api import BadRequest, UnsupportedMediaType
+from blueprints.api import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from sentinel_cp.errors import (
     Conflict,
     DomainError,
@@ -71,6 +71,12 @@ def register_error_handlers(app: Flask) -> None:
     def unsupported(exc: UnsupportedMediaType) -> Response:
         return error_response(
             415, "Request body must be application/json", "unsupported_media_type"
+        )
+
+    @app.errorhandler(PayloadTooLarge)
+    def too_large(exc: PayloadTooLarge) -> Response:
+        return error_response(
+            413, f"Request body exceeds the limit of {exc.limit} bytes", "body_too_large"
         )
 
     @app.errorhandler(HTTPException)

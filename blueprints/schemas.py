@@ -273,3 +273,231 @@ class ReadyOut(Out):
     jobs_last_run_at: str | None = Field(
         description="When a periodic job last ran (cron → queue → worker alive)"
     )
+
+
+# --- nodes (node protocol) ----------------------------------------------------------------
+
+NodeName = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+LabelMap = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=63)], Annotated[str, Field(max_length=255)]],
+    Field(max_length=64),
+]
+BundleId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+MAX_METADATA_BYTES = 16 * 1024
+
+
+def _small_json(value: dict[str, Any]) -> dict[str, Any]:
+    import json as _json
+
+    if len(_json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_json)]
+
+
+class RegisterIn(Body):
+    name: NodeName
+    labels: LabelMap = Field(default_factory=dict)
+    capabilities: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=64
+    )
+    version: str | None = Field(None, max_length=64)
+    ip: str | None = Field(None, max_length=45)
+    hostname: str | None = Field(None, max_length=255)
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class SigningKeyOut(Out):
+    kid: str
+    alg: Literal["Ed25519"]
+    public_key: str
+    state: Literal["active", "retired"] | None = None
+    created_at: datetime | None = None
+
+
+class RegisterOut(Out):
+    node_id: str
+    node_key: str
+    poll_interval_s: int
+    heartbeat_interval_s: int
+    signing_keys: list[SigningKeyOut]
+
+
+class HealthIn(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    status: Literal["healthy", "degraded", "unhealthy"] | None = None
+    cpu_percent: float | None = Field(None, ge=0, le=100)
+    memory_percent: float | None = Field(None, ge=0, le=100)
+
+
+class MetricsIn(BaseModel):
+    """Gate metrics are checked; other numeric metrics are kept and charted."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    error_rate: float | None = Field(None, ge=0, le=100)
+    latency_p99_ms: float | None = Field(None, ge=0)
+    cpu_percent: float | None = Field(None, ge=0, le=100)
+    memory_percent: float | None = Field(None, ge=0, le=100)
+    requests_per_second: float | None = Field(None, ge=0)
+
+
+class HeartbeatIn(Body):
+    health: HealthIn | None = None
+    metrics: MetricsIn | None = None
+    active_bundle_id: BundleId | None = None
+    staged_bundle_id: BundleId | None = None
+    version: str | None = Field(None, max_length=64)
+    ip: str | None = Field(None, max_length=45)
+    hostname: str | None = Field(None, max_length=255)
+    metadata: Metadata | None = None
+
+
+class HeartbeatOut(Out):
+    status: Literal["ok"]
+    node_id: str
+    last_seen_at: datetime
+    poll_after_s: int
+    assigned_bundle_id: str | None
+
+
+class NodeTokenOut(Out):
+    token: str
+    token_type: Literal["Bearer"]
+    expires_at: datetime
+    expires_in: int
+
+
+class NodeEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    event_type: str = Field(min_length=1, max_length=64)
+    severity: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    message: str = Field(min_length=1, max_length=4096)
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class NodeEventsIn(Body):
+    """Either one event (its fields at the top level) or `{"events": [...]}`."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    events: list[NodeEventIn] | None = Field(None, max_length=100)
+
+
+class CountOut(Out):
+    status: Literal["ok"]
+    count: int
+
+
+class RunningConfigIn(Body):
+    config_kdl: str = Field(max_length=1024 * 1024)
+
+
+class RunningConfigOut(Out):
+    status: Literal["ok"]
+    config_hash: str
+
+
+class SigningKeysOut(Out):
+    keys: list[SigningKeyOut]
+
+
+# --- nodes (operator API) -----------------------------------------------------------------
+
+
+class NodeOut(Out):
+    id: str
+    name: str
+    status: Literal["unknown", "online", "offline"]
+    labels: dict[str, str]
+    capabilities: list[str]
+    version: str | None
+    ip: str | None
+    hostname: str | None
+    metadata: dict[str, Any]
+    last_seen_at: datetime | None
+    registered_at: datetime
+    active_bundle_id: str | None
+    staged_bundle_id: str | None
+    assigned_bundle_id: str | None
+    expected_bundle_id: str | None
+    health: dict[str, Any]
+    metrics: dict[str, Any]
+    drifted: bool
+    credentials_revoked: bool
+
+
+class NodeQuery(PageQuery):
+    status: Literal["unknown", "online", "offline"] | None = None
+    label: list[Annotated[str, Field(pattern=r"^[^:]{1,63}:.{0,255}$")]] = Field(
+        default_factory=list, max_length=16
+    )
+    version: str | None = Field(None, max_length=64)
+    bundle: BundleId | None = None
+    drifted: bool | None = None
+    q: str | None = Field(None, max_length=100)
+    group: str | None = Field(None, max_length=100)
+
+
+class NodeStatsOut(Out):
+    total: int
+    by_status: dict[str, int]
+    by_active_bundle: dict[str, int]
+
+
+class NodePatchIn(Body):
+    labels: LabelMap
+
+
+class HeartbeatSampleOut(Out):
+    id: int
+    created_at: datetime
+    status: str | None
+    health: dict[str, Any]
+    metrics: dict[str, Any]
+    active_bundle_id: str | None
+
+
+class NodeEventOut(Out):
+    id: int
+    created_at: datetime
+    event_type: str
+    severity: str
+    message: str
+    metadata: dict[str, Any]
+
+
+class GroupSelector(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    labels: LabelMap
+
+
+class GroupCreateIn(Body):
+    name: NodeName
+    description: str = Field("", max_length=500)
+    selector: GroupSelector
+
+
+class GroupPatchIn(Body):
+    description: str | None = Field(None, max_length=500)
+    selector: GroupSelector | None = None
+
+
+class GroupOut(Out):
+    id: str
+    name: str
+    description: str
+    selector: dict[str, dict[str, str]]
+    created_at: datetime
+    node_count: int | None = None
+
+
+class GroupListOut(Out):
+    items: list[GroupOut]

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rq import cron
 
-from jobs import maintenance
+from jobs import fleet, maintenance
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class PeriodicJob:
 
 PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob(maintenance.record_beat, interval_s=10, timeout_s=30),
+    PeriodicJob(fleet.mark_stale_nodes, interval_s=15, timeout_s=120),
+    PeriodicJob(fleet.prune_node_history, interval_s=3600, timeout_s=600),
 )
 
 for periodic in PERIODIC_JOBS:

@@ -1,0 +1,175 @@
+"""The node protocol (spec/node-protocol.md): register, heartbeat, token, events, running config,
+signing keys. Bundle polling, download and status reports arrive with bundles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+from pydantic import ValidationError
+
+from blueprints.api import route, validation_fields
+from blueprints.schemas import (
+    CountOut,
+    HeartbeatIn,
+    HeartbeatOut,
+    NodeEventIn,
+    NodeEventsIn,
+    NodeTokenOut,
+    RegisterIn,
+    RegisterOut,
+    RunningConfigIn,
+    RunningConfigOut,
+    SigningKeysOut,
+)
+from sentinel_cp import nodes, projects, signing
+from sentinel_cp.db import db, utcnow
+from sentinel_cp.errors import Invalid
+
+bp = Blueprint("node_api", __name__, url_prefix="/api/v1")
+SMALL_BODY = 64 * 1024
+CONFIG_BODY = 1024 * 1024 + 4096
+REGISTRATION_HEADER = "X-Sentinel-Registration-Token"
+
+
+@route(
+    bp,
+    "/projects/<slug>/nodes/register",
+    "POST",
+    auth_mode="public",
+    summary="Register a node (registration token, or open registration)",
+    body=RegisterIn,
+    response=RegisterOut,
+    status=201,
+    max_body=SMALL_BODY,
+    responses={401: "invalid_registration_token", 404: "project", 409: "name_taken"},
+)
+def register(slug: str, body: RegisterIn) -> tuple[dict[str, Any], int]:
+    project = projects.get_project(slug)
+    token = request.headers.get(REGISTRATION_HEADER) or request.headers.get(
+        "X-Zentinel-Registration-Token"
+    )
+    node, key, signing_keys = nodes.register_node(
+        project,
+        presented_token=token,
+        name=body.name,
+        labels=body.labels,
+        capabilities=body.capabilities,
+        version=body.version,
+        ip=body.ip or request.remote_addr,
+        hostname=body.hostname,
+        metadata=body.metadata,
+    )
+    settings = project.config
+    result = {
+        "node_id": str(node.id),
+        "node_key": key,
+        "poll_interval_s": settings.poll_interval_s,
+        "heartbeat_interval_s": settings.heartbeat_interval_s,
+        "signing_keys": signing_keys,
+    }
+    db.session.commit()
+    return result, 201
+
+
+@route(
+    bp,
+    "/nodes/<node_id>/heartbeat",
+    "POST",
+    auth_mode="node",
+    summary="Report liveness, health, metrics and the running bundle",
+    body=HeartbeatIn,
+    response=HeartbeatOut,
+    max_body=SMALL_BODY,
+    responses={429: "heartbeat_too_fast"},
+)
+def heartbeat(node: nodes.NodeContext, body: HeartbeatIn) -> dict[str, Any]:
+    report = {name: getattr(body, name) for name in body.model_fields_set}
+    for name in ("health", "metrics"):
+        if report.get(name) is not None:
+            report[name] = getattr(body, name).model_dump(exclude_none=True)
+    result = nodes.record_heartbeat(node, report)
+    db.session.commit()
+    return result
+
+
+@route(
+    bp,
+    "/nodes/<node_id>/token",
+    "POST",
+    auth_mode="node",
+    summary="Exchange the node key (or a valid token) for a 12-hour EdDSA JWT",
+    response=NodeTokenOut,
+    max_body=SMALL_BODY,
+)
+def token(node: nodes.NodeContext) -> dict[str, Any]:
+    now = utcnow()
+    value, expires = nodes.issue_token(node, now=now)
+    db.session.commit()
+    return {
+        "token": value,
+        "token_type": "Bearer",
+        "expires_at": expires.isoformat(),
+        "expires_in": int((expires - now).total_seconds()),
+    }
+
+
+@route(
+    bp,
+    "/nodes/<node_id>/events",
+    "POST",
+    auth_mode="node",
+    summary="Report one event or a batch of up to 100 (all or nothing)",
+    body=NodeEventsIn,
+    response=CountOut,
+    status=201,
+    max_body=SMALL_BODY,
+)
+def node_events(node: nodes.NodeContext, body: NodeEventsIn) -> tuple[dict[str, Any], int]:
+    extra = body.model_extra or {}
+    if body.events is not None:
+        if extra:
+            raise Invalid(
+                "A batch takes only `events`",
+                fields={name: ["not allowed beside events"] for name in extra},
+            )
+        items = [event.model_dump() for event in body.events]
+    else:
+        try:
+            items = [NodeEventIn.model_validate_json(request.get_data()).model_dump()]
+        except ValidationError as exc:
+            raise Invalid("Invalid event", fields=validation_fields(exc)) from None
+    count = nodes.record_events(node, items)
+    db.session.commit()
+    return {"status": "ok", "count": count}, 201
+
+
+@route(
+    bp,
+    "/nodes/<node_id>/config",
+    "POST",
+    auth_mode="node",
+    summary="Report the configuration the node is running (for drift detection)",
+    body=RunningConfigIn,
+    response=RunningConfigOut,
+    max_body=CONFIG_BODY,
+)
+def running_config(node: nodes.NodeContext, body: RunningConfigIn) -> dict[str, Any]:
+    digest = nodes.store_running_config(node, body.config_kdl)
+    db.session.commit()
+    return {"status": "ok", "config_hash": digest}
+
+
+@route(
+    bp,
+    "/projects/<slug>/signing-keys",
+    auth_mode="public",
+    summary="Public keys for bundle and token verification (no secrets)",
+    response=SigningKeysOut,
+)
+def signing_keys(slug: str) -> dict[str, Any]:
+    project = projects.get_project(slug)
+    signing.current_key(project.id)
+    keys = [key.public_dict() for key in signing.list_keys(project.id)]
+    db.session.commit()
+    return {"keys": keys}

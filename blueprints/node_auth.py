@@ -1,0 +1,33 @@
+"""Node credentials: `Authorization: Bearer <jwt>` (alone, when present) or the node key in
+`X-Sentinel-Node-Key` (`X-Zentinel-Node-Key` accepted). The node in the path must be the
+authenticated node (403 `node_mismatch`)."""
+
+from __future__ import annotations
+
+from flask import g, request
+
+from blueprints.ids import parse_uuid
+from sentinel_cp import nodes
+from sentinel_cp.errors import Unauthorized
+
+KEY_HEADERS = ("X-Sentinel-Node-Key", "X-Zentinel-Node-Key")
+
+
+def require_node(path_node_id: str) -> nodes.NodeContext:
+    node_id = parse_uuid(path_node_id, "node_id")
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(
+                "Authorization header must be 'Bearer <token>'", code="invalid_authorization"
+            )
+        ctx = nodes.authenticate_token(token.strip())
+    else:
+        key = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None)
+        if not key:
+            raise Unauthorized("Missing node credentials", code="missing_credentials")
+        ctx = nodes.authenticate_key(key)
+    nodes.require_same_node(ctx, node_id)
+    g.node = ctx
+    return ctx

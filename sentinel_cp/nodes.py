@@ -1,0 +1,819 @@
+"""Nodes: registration, credentials, heartbeats, events, staleness, labels and groups.
+
+The heartbeat is the hot path of the whole product: a steady-state heartbeat costs one read
+(the node, its project's settings and — for a JWT — its signing key, in one statement) and one
+UPDATE. History is sampled at most once a minute per node, and an event is published only when
+something an operator would see changed (status or active bundle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from sentinel_cp import audit, events, signing
+from sentinel_cp.audit import Actor
+from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
+from sentinel_cp.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
+from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+from sentinel_cp.projects import Project, ProjectSettings, registration_token_matches
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?")
+BUNDLE_ID_PATTERN = re.compile(r"[0-9a-f]{64}")
+NODE_KEY_PREFIX = "nk_"
+STATUSES = ("unknown", "online", "offline")
+HEALTH_STATES = ("healthy", "degraded", "unhealthy")
+MIN_HEARTBEAT_GAP = timedelta(seconds=1)
+SAMPLE_EVERY = timedelta(seconds=60)
+HEARTBEAT_RETENTION = timedelta(days=7)
+EVENT_RETENTION = timedelta(days=30)
+
+AutoId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER
+
+
+class Node(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "nodes"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_nodes_project_id_name"),
+        Index("ix_nodes_project_status", "project_id", "status"),
+        Index("ix_nodes_status_last_seen", "status", "last_seen_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Part of every JWT; bumping it (revoke, re-register) invalidates every token at once.
+    key_version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType, nullable=False, default=dict)
+    capabilities: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    version: Mapped[str | None] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, nullable=False, default=dict)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="unknown")
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_sampled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    active_bundle_id: Mapped[str | None] = mapped_column(String(64))
+    staged_bundle_id: Mapped[str | None] = mapped_column(String(64))
+    assigned_bundle_id: Mapped[str | None] = mapped_column(String(64))
+    expected_bundle_id: Mapped[str | None] = mapped_column(String(64))
+    health: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    token_issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def drifted(self) -> bool:
+        return self.expected_bundle_id is not None and self.active_bundle_id != (
+            self.expected_bundle_id
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "status": self.status,
+            "labels": self.labels,
+            "capabilities": self.capabilities,
+            "version": self.version,
+            "ip": self.ip,
+            "hostname": self.hostname,
+            "metadata": self.meta,
+            "last_seen_at": iso(self.last_seen_at),
+            "registered_at": iso(self.registered_at),
+            "active_bundle_id": self.active_bundle_id,
+            "staged_bundle_id": self.staged_bundle_id,
+            "assigned_bundle_id": self.assigned_bundle_id,
+            "expected_bundle_id": self.expected_bundle_id,
+            "health": self.health,
+            "metrics": self.metrics,
+            "drifted": self.drifted,
+            "credentials_revoked": self.key_hash is None,
+        }
+
+
+class NodeHeartbeat(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "node_heartbeats"
+    __table_args__ = (Index("ix_node_heartbeats_node_created", "node_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    node_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    status: Mapped[str | None] = mapped_column(String(16))
+    health: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    active_bundle_id: Mapped[str | None] = mapped_column(String(64))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "status": self.status,
+            "health": self.health,
+            "metrics": self.metrics,
+            "active_bundle_id": self.active_bundle_id,
+        }
+
+
+class NodeEvent(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "node_events"
+    __table_args__ = (Index("ix_node_events_node_created", "node_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    node_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    severity: Mapped[str] = mapped_column(String(16), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, nullable=False, default=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "event_type": self.event_type,
+            "severity": self.severity,
+            "message": self.message,
+            "metadata": self.meta,
+        }
+
+
+class NodeRuntimeConfig(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "node_runtime_configs"
+
+    node_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    config_kdl: Mapped[str] = mapped_column(Text, nullable=False)
+    config_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class NodeGroup(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "node_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_node_groups_project_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    description: Mapped[str] = mapped_column(String(500), nullable=False, default="")
+    selector: Mapped[dict[str, str]] = mapped_column(JSONType, nullable=False, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+    def to_dict(self, node_count: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "id": str(self.id),
+            "name": self.name,
+            "description": self.description,
+            "selector": {"labels": self.selector},
+            "created_at": self.created_at.isoformat(),
+        }
+        if node_count is not None:
+            result["node_count"] = node_count
+        return result
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+
+def _hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _new_key() -> str:
+    return NODE_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """An authenticated node with the project settings every node endpoint needs."""
+
+    node: Node
+    settings: ProjectSettings
+
+
+def authenticate_key(raw: str) -> NodeContext:
+    """Resolve `X-Sentinel-Node-Key` in one statement; 401 when unknown or revoked."""
+    if not raw.startswith(NODE_KEY_PREFIX) or len(raw) > 128:
+        raise Unauthorized("Invalid node key", code="invalid_node_key")
+    digest = _hash_key(raw)
+    row = db.session.execute(
+        select(Node, Project.settings)
+        .join(Project, Project.id == Node.project_id)
+        .where(Node.key_hash == digest)
+    ).first()
+    if row is None or not hmac.compare_digest(row[0].key_hash or "", digest):
+        raise Unauthorized("Invalid node key", code="invalid_node_key")
+    return NodeContext(row[0], ProjectSettings.model_validate(row[1]))
+
+
+def authenticate_token(token: str, *, now: datetime | None = None) -> NodeContext:
+    """Resolve a node JWT: node, project settings and signing key in one statement."""
+    kid, subject, signing_input, signature, claims = signing.read_token(token)
+    try:
+        node_id = uuid.UUID(subject)
+    except ValueError:
+        raise Unauthorized("Token subject is not a node", code="invalid_token") from None
+    row = db.session.execute(
+        select(Node, Project.settings, signing.SigningKey.public_key, signing.SigningKey.state)
+        .join(Project, Project.id == Node.project_id)
+        .join(
+            signing.SigningKey,
+            and_(signing.SigningKey.project_id == Node.project_id, signing.SigningKey.kid == kid),
+        )
+        .where(Node.id == node_id)
+    ).first()
+    if row is None:
+        raise Unauthorized("Unknown node or signing key", code="invalid_token")
+    node, settings, public_key, state = row
+    signing.check_token(public_key, state, signing_input, signature, claims, now=now)
+    if node.key_hash is None or claims.get("ver") != node.key_version:
+        raise Unauthorized("Token was revoked", code="token_revoked")
+    return NodeContext(node, ProjectSettings.model_validate(settings))
+
+
+def require_same_node(ctx: NodeContext, path_node_id: uuid.UUID) -> None:
+    if ctx.node.id != path_node_id:
+        raise Forbidden("Credential belongs to another node", code="node_mismatch")
+
+
+def issue_token(ctx: NodeContext, *, now: datetime | None = None) -> tuple[str, datetime]:
+    """A fresh 12-hour JWT, signed by the project's current key (created on demand)."""
+    now = now or utcnow()
+    key = signing.current_key(ctx.node.project_id, now=now)
+    token, expires = signing.issue_token(
+        key, node_id=ctx.node.id, key_version=ctx.node.key_version, now=now
+    )
+    ctx.node.token_issued_at = now
+    ctx.node.token_expires_at = expires
+    return token, expires
+
+
+# --- registration ---------------------------------------------------------------------------
+
+
+def validate_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:
+    problems = [
+        f"label key {key!r} must be 1–63 letters, digits, '_', '.', '/' or '-'"
+        for key in labels
+        if not LABEL_KEY_PATTERN.fullmatch(key)
+    ]
+    if problems:
+        raise Invalid("Invalid labels", fields={field: problems})
+    return dict(labels)
+
+
+def _check_ip(value: str | None, field: str = "ip") -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise Invalid("Invalid IP address", fields={field: ["not an IP address"]}) from None
+
+
+def register_node(
+    project: Project,
+    *,
+    presented_token: str | None,
+    name: str,
+    labels: dict[str, str],
+    capabilities: list[str],
+    version: str | None,
+    ip: str | None,
+    hostname: str | None,
+    metadata: dict[str, Any],
+    now: datetime | None = None,
+) -> tuple[Node, str, list[dict[str, Any]]]:
+    """Register a node (or re-register one whose key an operator revoked).
+
+    Returns the node, its raw key (shown once) and the project's public signing keys.
+    """
+    now = now or utcnow()
+    settings = project.config
+    if not settings.open_registration and not registration_token_matches(project, presented_token):
+        raise Unauthorized("Missing or wrong registration token", code="invalid_registration_token")
+    if not NAME_PATTERN.fullmatch(name):
+        raise Invalid(
+            "Invalid node name",
+            fields={
+                "name": [
+                    "1–100 characters: letters, digits, '_', '.', '-', "
+                    "starting with a letter or digit"
+                ]
+            },
+        )
+    labels = validate_labels(labels)
+    ip = _check_ip(ip)
+    raw_key = _new_key()
+    node = db.session.scalar(select(Node).where(Node.project_id == project.id, Node.name == name))
+    action = "node.registered"
+    if node is not None:
+        if node.key_hash is not None:
+            raise Conflict(f"A node named {name!r} is already registered", code="name_taken")
+        action = "node.re_registered"
+        node.key_version += 1
+    else:
+        node = Node(project_id=project.id, name=name, registered_at=now)
+        db.session.add(node)
+    node.key_hash = _hash_key(raw_key)
+    node.labels = labels
+    node.capabilities = capabilities
+    node.version = version
+    node.ip = ip
+    node.hostname = hostname
+    node.meta = metadata
+    node.status = "online"
+    node.last_seen_at = now
+    db.session.flush()
+    key = signing.current_key(project.id, now=now)
+    audit.record(
+        Actor("node", str(node.id), name),
+        action,
+        resource_type="node",
+        resource_id=node.id,
+        project_id=project.id,
+        changes={"labels": labels, "version": version, "ip": ip},
+        now=now,
+    )
+    events.publish_after_commit(project.id, "node", node.id, node.status)
+    return (
+        node,
+        raw_key,
+        [k.public_dict() for k in signing.list_keys(project.id) if k.state == "active"]
+        or [key.public_dict()],
+    )
+
+
+# --- heartbeats -----------------------------------------------------------------------------
+
+
+def record_heartbeat(
+    ctx: NodeContext, report: dict[str, Any], *, now: datetime | None = None
+) -> dict[str, Any]:
+    """Apply one heartbeat. `report` holds only the fields the node sent; absent fields keep
+    their stored values. Returns the response body."""
+    now = now or utcnow()
+    node = ctx.node
+    if node.last_seen_at is not None and now - node.last_seen_at < MIN_HEARTBEAT_GAP:
+        raise RateLimited(
+            "Heartbeats are limited to one per second per node",
+            retry_after=1,
+            code="heartbeat_too_fast",
+        )
+    before = (node.status, node.active_bundle_id)
+    node.last_seen_at = now
+    node.status = "online"
+    health = report.get("health")
+    metrics = report.get("metrics")
+    if health is not None:
+        node.health = health
+    if metrics is not None:
+        # cpu/memory under `health` are accepted for compatibility and read as metrics.
+        merged = dict(metrics)
+        for legacy in ("cpu_percent", "memory_percent"):
+            if health and legacy in health and legacy not in merged:
+                merged[legacy] = health[legacy]
+        node.metrics = merged
+    elif health and any(k in health for k in ("cpu_percent", "memory_percent")):
+        node.metrics = {
+            **node.metrics,
+            **{k: health[k] for k in ("cpu_percent", "memory_percent") if k in health},
+        }
+    for field, column in (
+        ("active_bundle_id", "active_bundle_id"),
+        ("staged_bundle_id", "staged_bundle_id"),
+        ("version", "version"),
+        ("hostname", "hostname"),
+        ("metadata", "meta"),
+    ):
+        if field in report:
+            setattr(node, column, report[field])
+    if "ip" in report:
+        node.ip = _check_ip(report["ip"])
+    if node.last_sampled_at is None or now - node.last_sampled_at >= SAMPLE_EVERY:
+        node.last_sampled_at = now
+        db.session.add(
+            NodeHeartbeat(
+                node_id=node.id,
+                created_at=now,
+                status=node.status,
+                health=node.health,
+                metrics=node.metrics,
+                active_bundle_id=node.active_bundle_id,
+            )
+        )
+    after = (node.status, node.active_bundle_id)
+    if after != before:
+        if before[0] != "online":
+            audit.record(
+                Actor("node", str(node.id), node.name),
+                "node.online",
+                resource_type="node",
+                resource_id=node.id,
+                project_id=node.project_id,
+                changes={"status": [before[0], "online"]},
+                now=now,
+            )
+        events.publish_after_commit(node.project_id, "node", node.id, node.status)
+    return {
+        "status": "ok",
+        "node_id": str(node.id),
+        "last_seen_at": now.isoformat(),
+        "poll_after_s": ctx.settings.poll_interval_s,
+        "assigned_bundle_id": node.assigned_bundle_id,
+    }
+
+
+def record_events(
+    ctx: NodeContext, items: list[dict[str, Any]], *, now: datetime | None = None
+) -> int:
+    """Store a batch of node events (all or nothing: the caller's transaction)."""
+    now = now or utcnow()
+    for item in items:
+        db.session.add(
+            NodeEvent(
+                node_id=ctx.node.id,
+                created_at=now,
+                event_type=item["event_type"],
+                severity=item["severity"],
+                message=item["message"],
+                meta=item.get("metadata") or {},
+            )
+        )
+    return len(items)
+
+
+def store_running_config(ctx: NodeContext, config_kdl: str, *, now: datetime | None = None) -> str:
+    """Keep the config the node says it runs; its hash is what drift detection compares."""
+    now = now or utcnow()
+    digest = hashlib.sha256(config_kdl.encode()).hexdigest()
+    row = db.session.get(NodeRuntimeConfig, ctx.node.id)
+    if row is None:
+        db.session.add(
+            NodeRuntimeConfig(
+                node_id=ctx.node.id, config_kdl=config_kdl, config_hash=digest, reported_at=now
+            )
+        )
+    else:
+        row.config_kdl, row.config_hash, row.reported_at = config_kdl, digest, now
+    return digest
+
+
+# --- staleness and retention ----------------------------------------------------------------
+
+
+def mark_stale_nodes(*, now: datetime | None = None) -> int:
+    """Mark nodes offline whose last heartbeat is older than their project's staleness timeout.
+
+    Each project's nodes flip with one `UPDATE … RETURNING`, so two workers running this at
+    once split the rows between them and a second run finds nothing to do.
+    """
+    now = now or utcnow()
+    flipped = 0
+    projects = db.session.execute(select(Project.id, Project.settings)).all()
+    for project_id, settings in projects:
+        timeout = ProjectSettings.model_validate(settings).staleness_timeout_s
+        cutoff = now - timedelta(seconds=timeout)
+        rows = db.session.execute(
+            update(Node)
+            .where(
+                Node.project_id == project_id, Node.status == "online", Node.last_seen_at < cutoff
+            )
+            .values(status="offline")
+            .returning(Node.id, Node.name, Node.last_seen_at)
+            .execution_options(synchronize_session=False)
+        ).all()
+        for node_id, name, last_seen in rows:
+            audit.record(
+                Actor.system("staleness"),
+                "node.offline",
+                resource_type="node",
+                resource_id=node_id,
+                project_id=project_id,
+                changes={"status": ["online", "offline"]},
+                metadata={
+                    "name": name,
+                    "last_seen_at": last_seen.isoformat() if last_seen else None,
+                    "staleness_timeout_s": timeout,
+                },
+                now=now,
+            )
+            events.publish_after_commit(project_id, "node", node_id, "offline")
+        flipped += len(rows)
+    return flipped
+
+
+def prune_history(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete heartbeat samples older than 7 days and node events older than 30 days."""
+    now = now or utcnow()
+    heartbeats: Any = db.session.execute(
+        delete(NodeHeartbeat).where(NodeHeartbeat.created_at < now - HEARTBEAT_RETENTION)
+    )
+    node_events: Any = db.session.execute(
+        delete(NodeEvent).where(NodeEvent.created_at < now - EVENT_RETENTION)
+    )
+    return {"heartbeats": int(heartbeats.rowcount or 0), "events": int(node_events.rowcount or 0)}
+
+
+# --- operator side --------------------------------------------------------------------------
+
+
+def labels_contain(selector: dict[str, str]) -> Any:
+    """A WHERE clause: the node's labels include every pair of `selector`.
+
+    JSONB containment on PostgreSQL, `json_extract` per key on SQLite; keys are validated
+    label keys, so they are safe inside a JSON path.
+    """
+    if not selector:
+        return True
+    if db.session.get_bind().dialect.name == "postgresql":
+        return Node.labels.contains(selector)
+    return and_(
+        *(func.json_extract(Node.labels, f'$."{key}"') == value for key, value in selector.items())
+    )
+
+
+@dataclass(frozen=True)
+class NodeFilter:
+    status: str | None = None
+    labels: dict[str, str] | None = None
+    version: str | None = None
+    bundle: str | None = None
+    drifted: bool | None = None
+    q: str | None = None
+    group: str | None = None
+
+
+def _filtered_nodes(project_id: uuid.UUID, filters: NodeFilter) -> Any:
+    query = select(Node).where(Node.project_id == project_id)
+    if filters.status:
+        query = query.where(Node.status == filters.status)
+    if filters.labels:
+        query = query.where(labels_contain(filters.labels))
+    if filters.group:
+        query = query.where(labels_contain(get_group(project_id, filters.group).selector))
+    if filters.version:
+        query = query.where(Node.version == filters.version)
+    if filters.bundle:
+        query = query.where(Node.active_bundle_id == filters.bundle)
+    if filters.drifted is True:
+        query = query.where(
+            Node.expected_bundle_id.is_not(None),
+            or_(Node.active_bundle_id.is_(None), Node.active_bundle_id != Node.expected_bundle_id),
+        )
+    elif filters.drifted is False:
+        query = query.where(
+            or_(Node.expected_bundle_id.is_(None), Node.active_bundle_id == Node.expected_bundle_id)
+        )
+    if filters.q:
+        pattern = f"%{filters.q.lower()}%"
+        query = query.where(
+            or_(
+                func.lower(Node.name).like(pattern),
+                func.lower(Node.hostname).like(pattern),
+                Node.ip.like(pattern),
+            )
+        )
+    return query
+
+
+def list_nodes(
+    project_id: uuid.UUID, filters: NodeFilter, *, limit: int, cursor: str | None
+) -> Page[Node]:
+    """Nodes by name (keyset pagination on the unique name)."""
+    query = _filtered_nodes(project_id, filters)
+    total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, (str,))
+        query = query.where(Node.name > after)
+    rows = list(db.session.scalars(query.order_by(Node.name).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].name) if len(rows) > limit else None
+    return Page(rows[:limit], next_cursor, total)
+
+
+def node_stats(project_id: uuid.UUID) -> dict[str, Any]:
+    by_status = dict.fromkeys(STATUSES, 0)
+    for status, count in db.session.execute(
+        select(Node.status, func.count()).where(Node.project_id == project_id).group_by(Node.status)
+    ):
+        by_status[status] = count
+    by_bundle = {
+        (bundle or "none"): count
+        for bundle, count in db.session.execute(
+            select(Node.active_bundle_id, func.count())
+            .where(Node.project_id == project_id)
+            .group_by(Node.active_bundle_id)
+        )
+    }
+    return {"total": sum(by_status.values()), "by_status": by_status, "by_active_bundle": by_bundle}
+
+
+def get_node(project_id: uuid.UUID, node_id: uuid.UUID) -> Node:
+    node = db.session.scalar(select(Node).where(Node.project_id == project_id, Node.id == node_id))
+    if node is None:
+        raise NotFound("Node not found")
+    return node
+
+
+def set_labels(actor: Actor, node: Node, labels: dict[str, str]) -> Node:
+    """Replace a node's labels (audited with before and after)."""
+    labels = validate_labels(labels)
+    if labels != node.labels:
+        audit.record(
+            actor,
+            "node.labels_updated",
+            resource_type="node",
+            resource_id=node.id,
+            project_id=node.project_id,
+            changes={"labels": [node.labels, labels]},
+        )
+        node.labels = labels
+        events.publish_after_commit(node.project_id, "node", node.id, node.status)
+    return node
+
+
+def delete_node(actor: Actor, node: Node) -> None:
+    """Delete a node: its key and tokens stop working at once; history goes with it."""
+    audit.record(
+        actor,
+        "node.deleted",
+        resource_type="node",
+        resource_id=node.id,
+        project_id=node.project_id,
+        changes={"name": node.name},
+    )
+    events.publish_after_commit(node.project_id, "node", node.id, "deleted")
+    db.session.delete(node)
+
+
+def revoke_credentials(actor: Actor, node: Node) -> Node:
+    """Invalidate the node's key and every token; it must re-register with the project's
+    registration token to come back (keeping its name, labels and history)."""
+    if node.key_hash is not None:
+        node.key_hash = None
+        node.key_version += 1
+        audit.record(
+            actor,
+            "node.key_revoked",
+            resource_type="node",
+            resource_id=node.id,
+            project_id=node.project_id,
+        )
+    return node
+
+
+def list_heartbeats(node: Node, *, limit: int, cursor: str | None) -> Page[NodeHeartbeat]:
+    return _history(NodeHeartbeat, node, limit=limit, cursor=cursor)
+
+
+def list_events(node: Node, *, limit: int, cursor: str | None) -> Page[NodeEvent]:
+    return _history(NodeEvent, node, limit=limit, cursor=cursor)
+
+
+def _history(model: Any, node: Node, *, limit: int, cursor: str | None) -> Page[Any]:
+    """Newest first; the cursor is the row id (ids only grow)."""
+    query = select(model).where(model.node_id == node.id)
+    total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if cursor is not None:
+        (before,) = decode_cursor(cursor, (int,))
+        query = query.where(model.id < before)
+    rows = list(db.session.scalars(query.order_by(model.id.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return Page(rows[:limit], next_cursor, total)
+
+
+# --- groups ---------------------------------------------------------------------------------
+
+
+def list_groups(project_id: uuid.UUID) -> list[tuple[NodeGroup, int]]:
+    groups = list(
+        db.session.scalars(
+            select(NodeGroup).where(NodeGroup.project_id == project_id).order_by(NodeGroup.name)
+        )
+    )
+    return [(group, count_matching(project_id, group.selector)) for group in groups]
+
+
+def count_matching(project_id: uuid.UUID, selector: dict[str, str]) -> int:
+    return (
+        db.session.scalar(
+            select(func.count())
+            .select_from(Node)
+            .where(Node.project_id == project_id, labels_contain(selector))
+        )
+        or 0
+    )
+
+
+def get_group(project_id: uuid.UUID, name: str) -> NodeGroup:
+    group = db.session.scalar(
+        select(NodeGroup).where(NodeGroup.project_id == project_id, NodeGroup.name == name)
+    )
+    if group is None:
+        raise NotFound(f"Group {name!r} not found")
+    return group
+
+
+def create_group(
+    actor: Actor, project_id: uuid.UUID, *, name: str, description: str, labels: dict[str, str]
+) -> NodeGroup:
+    if not NAME_PATTERN.fullmatch(name):
+        raise Invalid(
+            "Invalid group name",
+            fields={"name": ["1–100 characters: letters, digits, '_', '.', '-'"]},
+        )
+    selector = validate_labels(labels, "selector.labels")
+    if (
+        db.session.scalar(
+            select(NodeGroup.id).where(NodeGroup.project_id == project_id, NodeGroup.name == name)
+        )
+        is not None
+    ):
+        raise Conflict(f"A group named {name!r} already exists", code="name_taken")
+    group = NodeGroup(project_id=project_id, name=name, description=description, selector=selector)
+    db.session.add(group)
+    db.session.flush()
+    audit.record(
+        actor,
+        "group.created",
+        resource_type="group",
+        resource_id=group.id,
+        project_id=project_id,
+        changes={"name": name, "selector": selector},
+    )
+    return group
+
+
+def update_group(
+    actor: Actor, group: NodeGroup, *, description: str | None, labels: dict[str, str] | None
+) -> NodeGroup:
+    changes: dict[str, Any] = {}
+    if description is not None and description != group.description:
+        changes["description"] = [group.description, description]
+        group.description = description
+    if labels is not None:
+        selector = validate_labels(labels, "selector.labels")
+        if selector != group.selector:
+            changes["selector"] = [group.selector, selector]
+            group.selector = selector
+    if changes:
+        audit.record(
+            actor,
+            "group.updated",
+            resource_type="group",
+            resource_id=group.id,
+            project_id=group.project_id,
+            changes=changes,
+        )
+    return group
+
+
+def delete_group(actor: Actor, group: NodeGroup) -> None:
+    audit.record(
+        actor,
+        "group.deleted",
+        resource_type="group",
+        resource_id=group.id,
+        project_id=group.project_id,
+        changes={"name": group.name},
+    )
+    db.session.delete(group)
