@@ -31,8 +31,10 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    type_coerce,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sentinel_cp import audit, events, signing
@@ -566,7 +568,7 @@ def labels_contain(selector: dict[str, str]) -> Any:
     if not selector:
         return True
     if db.session.get_bind().dialect.name == "postgresql":
-        return Node.labels.contains(selector)
+        return type_coerce(Node.labels, JSONB).contains(selector)
     return and_(
         *(func.json_extract(Node.labels, f'$."{key}"') == value for key, value in selector.items())
     )
