@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from blueprints.api import route
 from blueprints.schemas import HealthOut, ReadyOut
-from sentinel_cp import broker, metrics, scheduling
+from sentinel_cp import broker, metrics, nodes, scheduling
 from sentinel_cp.db import db
 from sentinel_cp.errors import Unavailable
 
@@ -73,4 +74,11 @@ def ready() -> Response:
 
 @route(bp, "/metrics", summary="Prometheus metrics", auth_mode="public", produces="text/plain")
 def prometheus() -> Response:
+    try:
+        for status, count in nodes.count_by_status().items():
+            metrics.NODES.labels(status).set(count)
+    except SQLAlchemyError:
+        pass  # the database is down: serve the process metrics anyway (/ready says why)
+    finally:
+        db.session.rollback()
     return Response(generate_latest(metrics.REGISTRY), mimetype=CONTENT_TYPE_LATEST)

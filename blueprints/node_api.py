@@ -22,7 +22,7 @@ from blueprints.schemas import (
     RunningConfigOut,
     SigningKeysOut,
 )
-from sentinel_cp import nodes, projects, signing
+from sentinel_cp import metrics, nodes, projects, signing
 from sentinel_cp.db import db, utcnow
 from sentinel_cp.errors import Invalid
 
@@ -90,6 +90,7 @@ def heartbeat(node: nodes.NodeContext, body: HeartbeatIn) -> dict[str, Any]:
             report[name] = getattr(body, name).model_dump(exclude_none=True)
     result = nodes.record_heartbeat(node, report)
     db.session.commit()
+    metrics.NODE_HEARTBEATS.inc()
     return result
 
 

@@ -30,3 +30,14 @@ READY = Gauge(
     ["dependency"],
     registry=REGISTRY,
 )
+NODE_HEARTBEATS = Counter(
+    "sentinel_node_heartbeats_total",
+    "Node heartbeats accepted by this process",
+    registry=REGISTRY,
+)
+NODES = Gauge(
+    "sentinel_nodes",
+    "Registered nodes by status (all projects), read at scrape time",
+    ["status"],
+    registry=REGISTRY,
+)

@@ -649,6 +649,16 @@ def node_stats(project_id: uuid.UUID) -> dict[str, Any]:
     return {"total": sum(by_status.values()), "by_status": by_status, "by_active_bundle": by_bundle}
 
 
+def count_by_status() -> dict[str, int]:
+    """Nodes of every project by status (for `/metrics`)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, count in db.session.execute(
+        select(Node.status, func.count()).group_by(Node.status)
+    ):
+        counts[status] = count
+    return counts
+
+
 def get_node(project_id: uuid.UUID, node_id: uuid.UUID) -> Node:
     node = db.session.scalar(select(Node).where(Node.project_id == project_id, Node.id == node_id))
     if node is None:
