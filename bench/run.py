@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import api_auth
+from bench import api_auth, heartbeat, validate
 
-BENCHMARKS = (api_auth,)
+BENCHMARKS = (api_auth, validate, heartbeat)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
 from blueprints import auth
 from sentinel_cp.errors import Invalid, NotFound
@@ -61,9 +61,9 @@ class RouteSpec:
 REGISTRY: dict[str, RouteSpec] = {}
 
 
-def validation_fields(exc: ValidationError, prefix: str = "") -> dict[str, list[str]]:
+def validation_fields(exc: ValidationError | list[Any], prefix: str = "") -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
-    for error in exc.errors():
+    for error in exc.errors() if isinstance(exc, ValidationError) else exc:
         loc = ".".join(str(p) for p in error["loc"])
         name = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "body")
         fields.setdefault(name, []).append(error["msg"])
@@ -95,7 +95,26 @@ def parse_json_body(schema: type[BaseModel]) -> BaseModel:
         # are accepted for datetimes, "5" is still refused for an integer.
         return schema.model_validate_json(data)
     except ValidationError as exc:
+        if issubclass(schema, RootModel):
+            raise Invalid(
+                "Invalid request body", fields=validation_fields(_narrow_union_errors(exc))
+            ) from None
         raise Invalid("Invalid request body", fields=validation_fields(exc)) from None
+
+
+def _narrow_union_errors(exc: ValidationError) -> list[Any]:
+    """For a union body, keep the errors of the branch the body was meant for (the one with
+    fewest missing/unknown fields) and drop the branch label from each location."""
+    by_branch: dict[str, list[Any]] = {}
+    for error in exc.errors():
+        branch = str(error["loc"][0]) if error["loc"] else ""
+        by_branch.setdefault(branch, []).append(error)
+
+    def misfit(branch: str) -> int:
+        return sum(1 for e in by_branch[branch] if e["type"] in ("missing", "extra_forbidden"))
+
+    best = min(by_branch, key=misfit)
+    return [{**e, "loc": tuple(e["loc"][1:])} for e in by_branch[best]]
 
 
 def _nul_field(value: Any, path: str, depth: int = 0) -> str | None:

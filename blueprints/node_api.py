@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, request
-from pydantic import ValidationError
 
-from blueprints.api import route, validation_fields
+from blueprints.api import route
 from blueprints.schemas import (
     CountOut,
     HeartbeatIn,
     HeartbeatOut,
-    NodeEventIn,
+    NodeEventBatchIn,
     NodeEventsIn,
     NodeTokenOut,
     RegisterIn,
@@ -24,7 +23,6 @@ from blueprints.schemas import (
 )
 from sentinel_cp import metrics, nodes, projects, signing
 from sentinel_cp.db import db, utcnow
-from sentinel_cp.errors import Invalid
 
 bp = Blueprint("node_api", __name__, url_prefix="/api/v1")
 SMALL_BODY = 64 * 1024
@@ -127,20 +125,9 @@ def token(node: nodes.NodeContext) -> dict[str, Any]:
     max_body=SMALL_BODY,
 )
 def node_events(node: nodes.NodeContext, body: NodeEventsIn) -> tuple[dict[str, Any], int]:
-    extra = body.model_extra or {}
-    if body.events is not None:
-        if extra:
-            raise Invalid(
-                "A batch takes only `events`",
-                fields={name: ["not allowed beside events"] for name in extra},
-            )
-        items = [event.model_dump() for event in body.events]
-    else:
-        try:
-            items = [NodeEventIn.model_validate_json(request.get_data()).model_dump()]
-        except ValidationError as exc:
-            raise Invalid("Invalid event", fields=validation_fields(exc)) from None
-    count = nodes.record_events(node, items)
+    parsed = body.root
+    batch = parsed.events if isinstance(parsed, NodeEventBatchIn) else [parsed]
+    count = nodes.record_events(node, [event.model_dump() for event in batch])
     db.session.commit()
     return {"status": "ok", "count": count}, 201
 

@@ -40,7 +40,7 @@ def _path(rule: str) -> str:
 
 def _error_statuses(spec: RouteSpec, has_path_params: bool) -> set[int]:
     statuses = {400, 503}
-    if spec.auth == "operator":
+    if spec.auth in ("operator", "node"):
         statuses |= {401, 403, 429}
     if spec.body is not None or spec.method in ("POST", "PATCH", "PUT"):
         statuses |= {413, 415, 422}
@@ -107,6 +107,9 @@ def build_document(app: Flask) -> dict[str, Any]:
             operation["security"] = [{"bearerAuth": []}, {"cookieAuth": []}]
             if spec.scope:
                 operation["description"] = f"Requires scope `{spec.scope}`."
+        elif spec.auth == "node":
+            operation["security"] = [{"nodeKey": []}, {"nodeKeyZentinel": []}, {"nodeToken": []}]
+            operation["description"] = "Node credentials; the path's node must be the caller."
         else:
             operation["security"] = []
         if spec.body is not None:
@@ -135,6 +138,18 @@ def build_document(app: Flask) -> dict[str, Any]:
                     "description": "An API key: `sk_…`",
                 },
                 "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sentinel_session"},
+                "nodeKey": {"type": "apiKey", "in": "header", "name": "X-Sentinel-Node-Key"},
+                "nodeKeyZentinel": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Zentinel-Node-Key",
+                },
+                "nodeToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A node JWT from POST /api/v1/nodes/{id}/token",
+                },
             },
         },
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 from sentinel_cp import accounts
 from sentinel_cp.accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
@@ -382,12 +382,12 @@ class NodeEventIn(BaseModel):
     metadata: Metadata = Field(default_factory=dict)
 
 
-class NodeEventsIn(Body):
-    """Either one event (its fields at the top level) or `{"events": [...]}`."""
+class NodeEventBatchIn(Body):
+    events: list[NodeEventIn] = Field(max_length=100)
 
-    model_config = ConfigDict(extra="allow", strict=True)
 
-    events: list[NodeEventIn] | None = Field(None, max_length=100)
+class NodeEventsIn(RootModel[NodeEventIn | NodeEventBatchIn]):
+    """Either one event (its fields at the top level) or `{"events": [...]}` (≤ 100)."""
 
 
 class CountOut(Out):

@@ -68,6 +68,42 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate KDL files as the proxy's `sentinel test -c` would; exit 0 valid, 1 invalid.
+
+    The first file is the entry point; the others are what its `include`s may name (paths
+    relative to the entry file's directory). Needs no database or Redis.
+    """
+    from pathlib import Path
+
+    from sentinel_cp.bundles.kdl import validate_bundle
+
+    paths = [Path(p) for p in args.files]
+    base = paths[0].resolve().parent
+    files: dict[str, str] = {}
+    for path in paths:
+        resolved = path.resolve()
+        try:
+            name = str(resolved.relative_to(base))
+        except ValueError:
+            print(f"sentinel-cp: {path} is outside {base}", file=sys.stderr)
+            return 2
+        try:
+            files[name] = resolved.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"sentinel-cp: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+    binary = None
+    if args.external:
+        binary = load_settings().sentinel_binary
+    result = validate_bundle(files, entry=str(paths[0].resolve().relative_to(base)), binary=binary)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(result.report)
+    return 0 if result.valid else 1
+
+
 def cmd_openapi(_args: argparse.Namespace) -> int:
     """Print the OpenAPI document (docs/openapi.json is this output, checked by a test)."""
     from blueprints.openapi import build_document
@@ -83,6 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
     commands.add_parser("setup", help="migrate, then create the first admin and project")
     commands.add_parser("openapi", help="print the OpenAPI document")
+    validate = commands.add_parser("validate", help="validate proxy KDL files (no server needed)")
+    validate.add_argument("files", nargs="+", help="entry file first, then included files")
+    validate.add_argument("--json", action="store_true", help="print the result as JSON")
+    validate.add_argument(
+        "--external", action="store_true", help="also run $SENTINEL_BINARY test -c"
+    )
+    from agent import simulator
+
+    simulator.add_cli(commands)
     create_user = commands.add_parser("create-user", help="create a user; password on stdin")
     create_user.add_argument("--email", required=True)
     create_user.add_argument("--role", choices=("admin", "operator", "reader"), default="reader")
@@ -98,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         "setup": cmd_setup,
         "openapi": cmd_openapi,
         "create-user": cmd_create_user,
+        "validate": cmd_validate,
+        "simulate": simulator.cli_main,
         "audit": cmd_audit_verify,
     }
     try:

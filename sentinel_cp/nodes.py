@@ -83,6 +83,8 @@ class Node(db.Model):  # type: ignore[name-defined]
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="unknown")
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Registration counts as "seen" but not as a heartbeat: the 1/s limit reads this one.
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_sampled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     active_bundle_id: Mapped[str | None] = mapped_column(String(64))
     staged_bundle_id: Mapped[str | None] = mapped_column(String(64))
@@ -395,14 +397,14 @@ def record_heartbeat(
     their stored values. Returns the response body."""
     now = now or utcnow()
     node = ctx.node
-    if node.last_seen_at is not None and now - node.last_seen_at < MIN_HEARTBEAT_GAP:
+    if node.last_heartbeat_at is not None and now - node.last_heartbeat_at < MIN_HEARTBEAT_GAP:
         raise RateLimited(
             "Heartbeats are limited to one per second per node",
             retry_after=1,
             code="heartbeat_too_fast",
         )
     before = (node.status, node.active_bundle_id)
-    node.last_seen_at = now
+    node.last_seen_at = node.last_heartbeat_at = now
     node.status = "online"
     health = report.get("health")
     metrics = report.get("metrics")

@@ -68,11 +68,12 @@ def make_node(client: Any, token: str, name: str = "edge-1", **fields: Any) -> t
 
 def rewind(app: Any, node_id: str, seconds: float = 5) -> None:
     """Move the node's last heartbeat into the past, so the next one is not 'too fast'."""
+    past = utcnow() - timedelta(seconds=seconds)
     with app.app_context():
         db.session.execute(
             update(nodes.Node)
             .where(nodes.Node.id == uuid.UUID(node_id))
-            .values(last_seen_at=utcnow() - timedelta(seconds=seconds))
+            .values(last_seen_at=past, last_heartbeat_at=past)
         )
         db.session.commit()
 
@@ -307,7 +308,7 @@ def test_heartbeats_faster_than_one_per_second_are_429(client: Any, app: Any, to
         db.session.execute(
             update(nodes.Node)
             .where(nodes.Node.id == uuid.UUID(node_id))
-            .values(last_seen_at=utcnow() + timedelta(seconds=30))
+            .values(last_heartbeat_at=utcnow() + timedelta(seconds=30))
         )
         db.session.commit()
     response = client.post(f"/api/v1/nodes/{node_id}/heartbeat", json={}, headers=node_headers(key))
@@ -318,7 +319,7 @@ def test_heartbeats_faster_than_one_per_second_are_429(client: Any, app: Any, to
 def test_heartbeat_one_second_apart_is_accepted_by_the_domain(
     client: Any, app: Any, token: str
 ) -> None:
-    node_id, key = make_node(client, token)
+    _, key = make_node(client, token)
     with app.app_context():
         ctx = nodes.authenticate_key(key)
         start = utcnow() + timedelta(seconds=10)
@@ -468,7 +469,7 @@ def test_an_expired_token_is_401(client: Any, app: Any, token: str) -> None:
 
 def test_a_tampered_token_is_401(client: Any, token: str) -> None:
     node_id, key = make_node(client, token)
-    header, claims, signature = get_token(client, node_id, key).split(".")
+    header, _claims, signature = get_token(client, node_id, key).split(".")
     forged_claims = signing._b64url(
         json.dumps({"sub": node_id, "exp": 9999999999, "ver": 1}).encode()
     )
@@ -940,3 +941,9 @@ def test_delete_node_is_audited(client: Any, fleet: dict[str, str], admin_key: s
 
 def test_system_actor_helper_labels_the_component() -> None:
     assert Actor.system("staleness") == Actor("system", None, "staleness")
+
+
+def test_the_first_heartbeat_right_after_registration_is_accepted(client: Any, token: str) -> None:
+    node_id, key = make_node(client, token)
+    response = client.post(f"/api/v1/nodes/{node_id}/heartbeat", json={}, headers=node_headers(key))
+    assert response.status_code == 200

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import PASSWORD
+from sqlalchemy import update
 from test_server import start_server
 
 pytestmark = pytest.mark.slow
@@ -86,8 +87,15 @@ def test_node_lifecycle_over_http_on_postgres_and_redis(
             from sentinel_cp.db import db, utcnow
 
             job_app = create_app()
-            with job_app.app_context():
-                assert nodes.mark_stale_nodes(now=utcnow() + timedelta(seconds=180)) == 1
+            with job_app.app_context():  # the node falls silent: its last heartbeat ages
+                db.session.execute(
+                    update(nodes.Node).values(
+                        last_seen_at=utcnow() - timedelta(seconds=180),
+                        last_heartbeat_at=utcnow() - timedelta(seconds=180),
+                    )
+                )
+                db.session.commit()
+                assert nodes.mark_stale_nodes() == 1
                 db.session.commit()
                 db.engine.dispose()
             offline = http.get(f"/api/v1/projects/default/nodes/{node_id}").json()

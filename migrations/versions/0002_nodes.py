@@ -46,6 +46,7 @@ def upgrade():
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('registered_at', sentinel_cp.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('last_seen_at', sentinel_cp.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_heartbeat_at', sentinel_cp.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('last_sampled_at', sentinel_cp.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('active_bundle_id', sa.String(length=64), nullable=True),
     sa.Column('staged_bundle_id', sa.String(length=64), nullable=True),

@@ -1,0 +1,1 @@
+"""Bundles: validating, compiling, archiving, signing and storing proxy configuration."""

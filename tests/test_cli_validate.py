@@ -1,0 +1,62 @@
+"""`sentinel-cp validate`: the proxy's verdict from the command line, no server needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "proxy-configs"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel_cp.cli", "validate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_valid_config_exits_0_with_the_proxys_success_line(tmp_path: Path) -> None:
+    config = tmp_path / "sentinel.kdl"
+    config.write_text((FIXTURES / "valid_basic.kdl").read_text())
+    result = run(str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test is successful" in result.stdout
+
+
+def test_an_invalid_config_exits_1_naming_the_problem() -> None:
+    result = run(str(FIXTURES / "invalid_acme_cloudflare.kdl"))
+    assert result.returncode == 1
+    expected = (FIXTURES / "invalid_acme_cloudflare.expected.txt").read_text()
+    wanted = [
+        line.split(":", 1)[1].strip()
+        for line in expected.splitlines()
+        if line.startswith("error_contains:")
+    ]
+    assert wanted
+    for substring in wanted:
+        assert substring in result.stdout
+
+
+def test_json_output_carries_errors_with_positions(tmp_path: Path) -> None:
+    config = tmp_path / "sentinel.kdl"
+    config.write_text('system {\n  worker-threads "two"\n}\n')
+    result = run(str(config), "--json")
+    body = json.loads(result.stdout)
+    assert result.returncode == (0 if body["valid"] else 1)
+    findings = body["errors"] + body["warnings"]
+    assert findings and all({"file", "line", "column"} <= set(f) for f in findings)
+
+
+def test_includes_are_resolved_from_the_files_given(tmp_path: Path) -> None:
+    (tmp_path / "sentinel.kdl").write_text('include "routes.kdl"\n')
+    (tmp_path / "routes.kdl").write_text("")
+    result = run(str(tmp_path / "sentinel.kdl"), str(tmp_path / "routes.kdl"), "--json")
+    assert "routes.kdl" in json.loads(result.stdout)["files"]
