@@ -47,7 +47,7 @@ db-reset: $(STAMP)  ## downgrade to empty, then db-setup (destroys data)
 	$(FLASK) db downgrade base
 	$(PY) -m sentinel_cp.cli setup
 
-bench: $(STAMP)  ## benchmarks -> bench/results.json (QUICK=1 for a short run)
+bench: $(STAMP)  ## benchmarks -> bench/results.json (QUICK=1 for a short run; needs wrk)
 	QUICK=$(QUICK) $(PY) bench/run.py
 
 clean:
