@@ -32,6 +32,8 @@ from sentinel_cp.logs import configure_logging, request_id
 ROOT = Path(__file__).resolve().parent
 API_PREFIXES = ("/api/", "/health", "/ready", "/metrics")
 MAX_BODY_BYTES = 1024 * 1024
+# Metric labels from a closed set: a client inventing methods must not grow the registry.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 migrate = Migrate(render_as_batch=True, directory=str(ROOT / "migrations"))
@@ -137,7 +139,8 @@ def _install_request_hooks(app: Flask) -> None:
             response.headers["X-RateLimit-Reset"] = str(reset)
         endpoint = request.endpoint or "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        metrics.HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(endpoint).observe(elapsed)
         access_log.info(
             "%s %s %s",

@@ -77,7 +77,7 @@ def parse_json_body(schema: type[BaseModel]) -> BaseModel:
         if mimetype != "application/json" and not mimetype.endswith("+json"):
             raise UnsupportedMediaType()
     try:
-        raw = json.loads(data)
+        raw = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"Malformed JSON: {exc}") from None
     except RecursionError:
@@ -100,6 +100,11 @@ def parse_json_body(schema: type[BaseModel]) -> BaseModel:
                 "Invalid request body", fields=validation_fields(_narrow_union_errors(exc))
             ) from None
         raise Invalid("Invalid request body", fields=validation_fields(exc)) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: stored, they would make every later response invalid."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _narrow_union_errors(exc: ValidationError) -> list[Any]:

@@ -52,7 +52,6 @@ def list_nodes(principal: Principal, slug: str, query: NodeQuery) -> dict[str, A
     for pair in query.label:
         key, _, value = pair.partition(":")
         labels[key] = value
-    nodes.validate_labels(labels, "query.label")
     filters = nodes.NodeFilter(
         status=query.status,
         labels=labels,

@@ -157,10 +157,15 @@ def build_document(app: Flask) -> dict[str, Any]:
 
 @route(bp, "/api/openapi.json", summary="This OpenAPI document", auth_mode="public")
 def openapi_document() -> Response:
+    return jsonify(_cached_document())
+
+
+def _cached_document() -> dict[str, Any]:
+    """Built once per app: the routes and schemas do not change while it runs."""
     document = current_app.extensions.get("sentinel_openapi")
     if document is None:
         document = current_app.extensions["sentinel_openapi"] = build_document(current_app)
-    return jsonify(document)
+    return document  # type: ignore[no-any-return]
 
 
 @route(
@@ -171,7 +176,7 @@ def openapi_document() -> Response:
     produces="text/html",
 )
 def api_docs() -> Response:
-    document = build_document(current_app)
+    document = _cached_document()
     parts = [
         "<!doctype html><meta charset=utf-8><title>Sentinel CP API</title>",
         "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;"

@@ -56,12 +56,12 @@ def login(body: LoginIn) -> dict[str, str]:
 def logout() -> dict[str, str]:
     if current_user.is_authenticated:
         auth.check_same_origin()
-        accounts.record_logout(current_user._get_current_object(), address=auth.client_address())
-        db.session.commit()
         sid = session.get("sid")
-        if sid:
+        if sid:  # end the session first: the audit row must not claim a logout that failed
             lifetime = current_app.permanent_session_lifetime.total_seconds()
             sessions.revoke(sid, ttl_s=int(lifetime))
+        accounts.record_logout(current_user._get_current_object(), address=auth.client_address())
+        db.session.commit()
     logout_user()
     session.clear()
     return {"status": "ok"}

@@ -29,6 +29,7 @@ def _overview(slug: str) -> dict[str, Any]:
         "audit_total": page.total,
         "recent": [
             {
+                "id": str(row.id),
                 "when": row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                 "actor": row.actor_label,
                 "action": row.action,
@@ -83,7 +84,7 @@ async def dashboard_page(request: Request):
                 {"name": "resource", "label": "Resource", "field": "resource", "align": "left"},
             ]
             table = (
-                ui.table(columns=columns, rows=data["recent"], row_key="when")
+                ui.table(columns=columns, rows=data["recent"], row_key="id")
                 .classes("w-full")
                 .props("flat dense")
                 .mark("recent-audit")

@@ -13,8 +13,8 @@ from typing import Any
 
 from nicegui import app, ui
 
-from console.context import call
-from console.session import Operator
+from console.context import call, flask_app
+from console.session import Operator, operator_from_cookie
 from sentinel_cp import projects
 
 SESSION_CHECK_S = 30
@@ -37,12 +37,24 @@ async def selected_project() -> str | None:
 
 
 async def check_session() -> None:
-    status = await ui.run_javascript(
-        "return (await fetch('/api/v1/me', {credentials: 'same-origin'})).status", timeout=10
-    )
-    if status == 401:
-        ui.notify("Your session has ended; please log in again.", type="warning")
+    """Server side: the cookie this page was opened with must still be valid (user enabled,
+    session not revoked or expired). Browser side: the browser's current cookie must be too
+    (a logout in another tab). Either failing ends the page and clears what it shows."""
+    client = ui.context.client
+    cookie = client.request.cookies.get(flask_app().config["SESSION_COOKIE_NAME"])
+    ended = await operator_from_cookie(cookie) is None
+    if not ended:
+        try:
+            status = await ui.run_javascript(
+                "return (await fetch('/api/v1/me', {credentials: 'same-origin'})).status",
+                timeout=10,
+            )
+        except TimeoutError:
+            status = None  # a slow browser is not a logout; the server-side check stands
+        ended = status == 401
+    if ended:
         ui.navigate.to("/login?expired=1")
+        client.content.clear()
 
 
 async def logout() -> None:

@@ -15,7 +15,8 @@ from console.session import current_operator
 
 def _safe_next(value: str | None) -> str:
     """Only same-site paths: `//evil.example` or absolute URLs fall back to the dashboard."""
-    if not value or not value.startswith("/") or value.startswith("//"):
+    # Browsers read "/\\host" as "//host": a backslash anywhere is refused too.
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return "/"
     parts = urlsplit(value)
     return "/" if parts.scheme or parts.netloc else value

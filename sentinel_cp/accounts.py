@@ -13,7 +13,7 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -21,7 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Boolean, ForeignKey, Integer, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from sentinel_cp import audit, throttle
+from sentinel_cp import audit, metrics, throttle
 from sentinel_cp.audit import Actor
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
 from sentinel_cp.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
@@ -268,11 +268,12 @@ def update_user(
 def _keep_one_admin(user: User, *, new_role: str, disabled: bool) -> None:
     if user.role != "admin" or (new_role == "admin" and not disabled):
         return
-    others = db.session.scalar(
-        select(func.count())
-        .select_from(User)
+    # Lock the other active admins, so two admins demoting each other at once cannot both pass.
+    others = db.session.scalars(
+        select(User.id)
         .where(User.role == "admin", User.disabled.is_(False), User.id != user.id)
-    )
+        .with_for_update()
+    ).all()
     if not others:
         raise Conflict("The last active admin cannot be demoted or disabled", code="last_admin")
 
@@ -310,18 +311,22 @@ def load_session_user(session_id: str) -> User | None:
 
 
 def authenticate(email: str, password: str, *, address: str, now: datetime | None = None) -> User:
-    """Check a login. Throttled per client address and per account; audited either way."""
+    """Check a login. Throttled per client address and per account; audited either way.
+
+    Every attempt is counted before the password is checked (so parallel guesses cannot slip
+    past the limit); a success resets the account's counter and refunds the address's.
+    """
     email = normalize_email(email)
-    throttle.check(LOGIN_LIMIT_PER_ADDRESS, address)
-    throttle.check(LOGIN_LIMIT_PER_ACCOUNT, email)
+    throttle.consume(LOGIN_LIMIT_PER_ADDRESS, address)
+    throttle.consume(LOGIN_LIMIT_PER_ACCOUNT, email)
     user = db.session.scalar(select(User).where(User.email == email))
+    global _dummy_hash
     if user is None:
-        global _dummy_hash
         _dummy_hash = _dummy_hash or hash_password(secrets.token_urlsafe(16))
-        _verify_password(_dummy_hash, password)
-    if user is None or user.disabled or not _verify_password(user.password_hash, password):
-        throttle.hit(LOGIN_LIMIT_PER_ADDRESS, address)
-        throttle.hit(LOGIN_LIMIT_PER_ACCOUNT, email)
+    # Always pay for one Argon2 check: unknown, disabled and active accounts answer alike.
+    password_ok = _verify_password(user.password_hash if user else str(_dummy_hash), password)
+    if user is None or user.disabled or not password_ok:
+        metrics.LOGIN_FAILURES.inc()
         audit.record(
             Actor("anonymous", None, address),
             "session.login_failed",
@@ -330,6 +335,7 @@ def authenticate(email: str, password: str, *, address: str, now: datetime | Non
             metadata={"email": email[:254], "address": address},
         )
         raise Unauthorized("Invalid email or password", code="invalid_credentials")
+    throttle.refund(LOGIN_LIMIT_PER_ADDRESS, address)
     throttle.reset(LOGIN_LIMIT_PER_ACCOUNT, email)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
@@ -470,7 +476,8 @@ def list_api_keys(principal: Principal, *, limit: int, cursor: str | None) -> Pa
             last_id = uuid.UUID(key_id)
             if created_at.tzinfo is None:
                 raise ValueError("cursor time without a zone")
-        except ValueError:
+            created_at = created_at.astimezone(UTC)
+        except (ValueError, OverflowError):
             raise Invalid(
                 "Invalid cursor", fields={"cursor": ["not a cursor from this API"]}
             ) from None

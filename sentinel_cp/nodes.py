@@ -427,10 +427,11 @@ def record_heartbeat(
         ("staged_bundle_id", "staged_bundle_id"),
         ("version", "version"),
         ("hostname", "hostname"),
-        ("metadata", "meta"),
     ):
         if field in report:
             setattr(node, column, report[field])
+    if "metadata" in report:
+        node.meta = report["metadata"] or {}  # the column is always an object
     if "ip" in report:
         node.ip = _check_ip(report["ip"])
     if node.last_sampled_at is None or now - node.last_sampled_at >= SAMPLE_EVERY:
@@ -588,6 +589,8 @@ class NodeFilter:
 
 
 def _filtered_nodes(project_id: uuid.UUID, filters: NodeFilter) -> Any:
+    if filters.labels:  # keys go into a SQLite JSON path: only validated label keys may
+        validate_labels(filters.labels, "query.label")
     query = select(Node).where(Node.project_id == project_id)
     if filters.status:
         query = query.where(Node.status == filters.status)

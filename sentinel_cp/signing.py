@@ -29,6 +29,7 @@ from sentinel_cp.db import UTCDateTime, db, new_id, utcnow
 from sentinel_cp.errors import Conflict, NotFound, Unauthorized
 
 TOKEN_LIFETIME = timedelta(hours=12)
+MAX_TOKEN_LENGTH = 4096  # ours are ~300 characters; anything far longer is hostile
 _fernet: Fernet | None = None
 
 
@@ -228,12 +229,14 @@ def issue_token(
 
 def read_token(token: str) -> tuple[str, str, bytes, bytes, dict[str, Any]]:
     """Split a token without trusting it: (kid, node id, signing input, signature, claims)."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthorized("Malformed token", code="invalid_token")
     try:
         header_b64, claims_b64, signature_b64 = token.split(".")
         header = json.loads(_unb64url(header_b64))
         claims = json.loads(_unb64url(claims_b64))
         signature = _unb64url(signature_b64)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Unauthorized("Malformed token", code="invalid_token") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise Unauthorized("Malformed token", code="invalid_token")

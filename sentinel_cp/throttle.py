@@ -75,3 +75,15 @@ def consume(limit: Limit, subject: str) -> tuple[int, int]:
 def reset(limit: Limit, subject: str) -> None:
     conn = broker.connection()
     _redis_call(lambda: conn.delete(limit.key(subject)))
+
+
+def refund(limit: Limit, subject: str) -> None:
+    """Give back one counted event (a login that turned out to be legitimate)."""
+    conn = broker.connection()
+    _redis_call(lambda: conn.eval(_REFUND, 1, limit.key(subject)))
+
+
+_REFUND = """
+if (tonumber(redis.call('GET', KEYS[1]) or '0')) > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
