@@ -24,7 +24,7 @@ def test_nan_and_infinity_in_a_body_are_refused(client: Any, app: Any) -> None:
     for constant in ("NaN", "Infinity", "-Infinity"):
         response = client.post(
             f"/api/v1/nodes/{node_id}/heartbeat",
-            data='{"health": {"x": ' + constant + '}}',
+            data='{"health": {"x": ' + constant + "}}",
             headers={"X-Sentinel-Node-Key": key, "Content-Type": "application/json"},
         )
         assert response.status_code == 400, constant
