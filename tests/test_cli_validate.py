@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "proxy-configs"
+FIXTURES = ROOT / "tests" / "fixtures" / "proxy-configs"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

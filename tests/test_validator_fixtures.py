@@ -9,8 +9,10 @@ import pytest
 from sentinel_cp.bundles.kdl import validate_bundle
 from sentinel_cp.bundles.kdl.source import outline_ckdl, outline_tree_sitter
 
-FIXTURES = Path("/work/shared/fixtures/proxy-configs")
+# A copy of shared/fixtures/proxy-configs, so the suite runs from any checkout.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "proxy-configs"
 KDL_FILES = sorted(FIXTURES.glob("*.kdl"))
+assert KDL_FILES, f"no fixtures under {FIXTURES}"
 
 
 def _expected(path: Path) -> dict[str, list[str]]:
