@@ -1,7 +1,7 @@
-"""The dashboard: what this project has, what happened lately, and what to do next.
+"""The dashboard: the project's nodes by status, what happened lately, and what to do next.
 
-Fleet, bundle and rollout panels arrive with those features; until then the page says how to
-get there and shows the project's live audit trail.
+Bundle and rollout panels arrive with those features. Everything here refreshes live (node and
+audit events from Redis, coalesced).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from console import live
 from console.context import call
 from console.frame import frame, page_context
 from console.session import current_operator
-from sentinel_cp import audit, projects
+from sentinel_cp import audit, nodes, projects
 
 RECENT = 10
 
@@ -26,6 +26,7 @@ def _overview(slug: str) -> dict[str, Any]:
     page = audit.list_entries(project.id, audit.AuditFilter(), limit=RECENT, cursor=None)
     return {
         "project": project.to_dict(),
+        "nodes": nodes.node_stats(project.id),
         "audit_total": page.total,
         "recent": [
             {
@@ -54,18 +55,37 @@ async def dashboard_page(request: Request):
             return None
         data = await call(_overview, slug)
         settings = data["project"]["settings"]
-        with ui.card().classes("w-full").mark("next-steps"):
+        with ui.row().classes("w-full gap-4").mark("node-stats"):
+            counters = {}
+            for status, colour in (
+                ("online", "positive"),
+                ("offline", "negative"),
+                ("unknown", "grey-7"),
+            ):
+                with ui.card().classes("min-w-[9rem]"):
+                    ui.label(f"Nodes {status}").classes("text-grey-7")
+                    counters[status] = (
+                        ui.label(str(data["nodes"]["by_status"][status]))
+                        .classes(f"text-h4 text-{colour}")
+                        .mark(f"nodes-{status}")
+                    )
+        # Shown until the first node registers; kept so the live refresh can hide it.
+        next_steps = ui.card().classes("w-full").mark("next-steps")
+        next_steps.set_visibility(data["nodes"]["total"] == 0)
+        with next_steps:
             ui.label("Next steps").classes("text-h6")
             ui.markdown(
-                f"This project, **{data['project']['name']}** (`{slug}`), has no nodes yet.\n\n"
+                f"This project, **{data['project']['name']}** (`{slug}`), has no nodes yet."
+                "\n\n"
                 "1. Create a node registration token: "
                 f"`POST /api/v1/projects/{slug}/registration-token` (admins).\n"
-                "2. Node registration, bundles and rollouts are being built (see the README's "
-                "status section); nodes will heartbeat every "
+                "2. Run `sentinel-agent` beside each proxy with that token, or try a "
+                "simulated fleet: `sentinel-cp simulate --url … --project "
+                f"{slug} --registration-token … --nodes 50`. Nodes heartbeat every "
                 f"{settings['heartbeat_interval_s']} s and go offline after "
                 f"{settings['staleness_timeout_s']} s of silence.\n"
-                "3. Meanwhile: add operators (`POST /api/v1/users`) and tune this project's "
-                f"settings (`PATCH /api/v1/projects/{slug}`).\n\n"
+                "3. Validate your proxy configuration: `sentinel-cp validate sentinel.kdl`. "
+                "Bundles and rollouts are being built (see the README's status section).\n\n"
                 "The API reference is at [/api/docs](/api/docs); automation uses API keys "
                 "(`POST /api/v1/api-keys`)."
             )
@@ -96,6 +116,9 @@ async def dashboard_page(request: Request):
             fresh = await call(_overview, slug)
             table.rows = fresh["recent"]
             table.update()
+            for status, label in counters.items():
+                label.set_text(str(fresh["nodes"]["by_status"][status]))
+            next_steps.set_visibility(fresh["nodes"]["total"] == 0)
             total.set_text(f"{fresh['audit_total']} audited changes")
 
         coalesced = live.Coalescer(refresh)

@@ -290,6 +290,15 @@ def test_admin_logs_in_to_the_console_in_chromium(embedded_server: Server, chrom
             (By.TAG_NAME, "body"), "project.registration_token_rotated"
         )
     )
+    assert "Nodes online\n0" in chromium.find_element(By.TAG_NAME, "body").text
+    registered = httpx.post(
+        f"{embedded_server.url}/api/v1/projects/default/nodes/register",
+        json={"name": "browser-node"},
+        headers={"X-Sentinel-Registration-Token": rotated.json()["token"]},
+    )
+    assert registered.status_code == 201
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Nodes online\n1"))
+    wait.until(ec.invisibility_of_element_located((By.XPATH, "//*[text()='Next steps']")))
     chromium.save_screenshot(str(ARTIFACTS / "console-dashboard.png"))
 
     chromium.find_element(By.XPATH, "//button[contains(., 'Log out')]").click()
