@@ -17,7 +17,6 @@ from blueprints.schemas import (
 from sentinel_cp import projects
 from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
-from sentinel_cp.errors import Forbidden
 
 bp = Blueprint("projects", __name__, url_prefix="/api/v1")
 ADMIN = "projects:admin"
@@ -55,8 +54,7 @@ def list_projects(principal: Principal, query: PageQuery) -> dict[str, object]:
     responses={409: "slug_taken"},
 )
 def create_project(principal: Principal, body: ProjectCreateIn) -> tuple[dict[str, object], int]:
-    if principal.project_id is not None:
-        raise Forbidden("A project-bound key cannot create projects", code="project_binding")
+    principal.require_unbound("create projects")
     project = projects.create_project(
         principal.actor,
         slug=body.slug,

@@ -12,20 +12,14 @@ from blueprints.schemas import ListOut, PageQuery, UserCreateIn, UserOut, UserPa
 from sentinel_cp import accounts
 from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
-from sentinel_cp.errors import Forbidden
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1")
 SCOPE = "api_keys:admin"
 
 
-def _require_unbound(principal: Principal) -> None:
-    if principal.project_id is not None:
-        raise Forbidden("A project-bound key cannot manage users", code="project_binding")
-
-
 @route(bp, "/users", summary="List users", scope=SCOPE, query=PageQuery, response=ListOut[UserOut])
 def list_users(principal: Principal, query: PageQuery) -> dict[str, object]:
-    _require_unbound(principal)
+    principal.require_unbound("manage users")
     page = accounts.list_users(limit=query.limit, cursor=query.cursor)
     db.session.commit()
     return page_body(page, lambda item: item.to_dict())
@@ -43,7 +37,7 @@ def list_users(principal: Principal, query: PageQuery) -> dict[str, object]:
     responses={409: "email_taken"},
 )
 def create_user(principal: Principal, body: UserCreateIn) -> tuple[dict[str, object], int]:
-    _require_unbound(principal)
+    principal.require_unbound("manage users")
     user = accounts.create_user(
         principal.actor, email=body.email, password=body.password, role=body.role
     )
@@ -53,7 +47,7 @@ def create_user(principal: Principal, body: UserCreateIn) -> tuple[dict[str, obj
 
 @route(bp, "/users/<user_id>", summary="Show a user", scope=SCOPE, response=UserOut)
 def show_user(principal: Principal, user_id: str) -> dict[str, object]:
-    _require_unbound(principal)
+    principal.require_unbound("manage users")
     return accounts.get_user(parse_uuid(user_id, "user_id")).to_dict()
 
 
@@ -68,7 +62,7 @@ def show_user(principal: Principal, user_id: str) -> dict[str, object]:
     responses={409: "last_admin"},
 )
 def update_user(principal: Principal, user_id: str, body: UserPatchIn) -> dict[str, object]:
-    _require_unbound(principal)
+    principal.require_unbound("manage users")
     target: uuid.UUID = parse_uuid(user_id, "user_id")
     user = accounts.update_user(
         principal.actor, target, role=body.role, disabled=body.disabled, password=body.password

@@ -187,6 +187,11 @@ class Principal:
     def may_see_project(self, project_id: uuid.UUID) -> bool:
         return self.project_id is None or self.project_id == project_id
 
+    def require_unbound(self, action: str) -> None:
+        """Refuse what reaches beyond one project (users, new projects) to a bound key."""
+        if self.project_id is not None:
+            raise Forbidden(f"A project-bound key cannot {action}", code="project_binding")
+
 
 def principal_for_user(user: User) -> Principal:
     return Principal(user=user, scopes=ROLE_SCOPES[user.role])
