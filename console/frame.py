@@ -27,15 +27,6 @@ def _project_slugs() -> list[str]:
     return [p.slug for p in page.items]
 
 
-async def selected_project() -> str | None:
-    """The project this browser last chose, falling back to the first one."""
-    slugs = await call(_project_slugs)
-    chosen = app.storage.user.get("project")
-    if chosen in slugs:
-        return str(chosen)
-    return slugs[0] if slugs else None
-
-
 async def check_session() -> None:
     """Server side: the cookie this page was opened with must still be valid (user enabled,
     session not revoked or expired). Browser side: the browser's current cookie must be too
@@ -98,5 +89,9 @@ def frame(operator: Operator, title: str, project: str | None, slugs: list[str])
 
 
 async def page_context() -> tuple[str | None, list[str]]:
+    """The project this browser last chose (else the first one), and every project's slug."""
     slugs = await call(_project_slugs)
-    return await selected_project(), slugs
+    chosen = app.storage.user.get("project")
+    if chosen in slugs:
+        return str(chosen), slugs
+    return (slugs[0] if slugs else None), slugs
