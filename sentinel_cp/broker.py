@@ -19,6 +19,10 @@ def configure(url: str) -> None:
     _current_url = url
 
 
+def is_configured() -> bool:
+    return _current_url is not None
+
+
 def current_url() -> str:
     if _current_url is None:
         raise RuntimeError("broker.configure() was not called")

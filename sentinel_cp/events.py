@@ -36,6 +36,10 @@ def publish_after_commit(project_id: object, kind: str, ident: object, state: st
 
 
 def publish_now(payload: dict[str, Any]) -> None:
+    if not broker.is_configured():
+        # One-shot commands (`sentinel-cp setup`, `create-user`) run without Redis; nobody is
+        # listening to them, and the state they wrote is what every reader loads anyway.
+        return
     try:
         broker.connection().publish(CHANNEL, json.dumps(payload))
     except redis.RedisError as exc:

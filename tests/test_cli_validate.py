@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,23 @@ def test_includes_are_resolved_from_the_files_given(tmp_path: Path) -> None:
     (tmp_path / "routes.kdl").write_text("")
     result = run(str(tmp_path / "sentinel.kdl"), str(tmp_path / "routes.kdl"), "--json")
     assert "routes.kdl" in json.loads(result.stdout)["files"]
+
+
+def test_setup_on_a_fresh_data_dir_creates_the_admin_without_redis(tmp_path: Path) -> None:
+    # `make setup` runs before anything serves: no Redis (embedded or real) is configured.
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "S3_ENDPOINT"}
+    }
+    env.update(SENTINEL_DATA_DIR=str(tmp_path / "data"), SENTINEL_ADMIN_PASSWORD="correct-horse-9")
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel_cp.cli", "setup"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "data").is_dir()
+    assert "Traceback" not in done.stderr
