@@ -47,7 +47,9 @@ db-reset: $(STAMP)  ## downgrade to empty, then db-setup (destroys data)
 	$(FLASK) db downgrade base
 	$(PY) -m sentinel_cp.cli setup
 
-bench: $(STAMP)  ## benchmarks -> bench/results.json (QUICK=1 for a short run; needs wrk)
+bench: $(STAMP)  ## benchmarks -> bench/results.json (QUICK=1 for a short run; installs wrk if missing)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
+		|| { echo "bench needs wrk (Debian package wrk)"; exit 1; }
 	QUICK=$(QUICK) $(PY) bench/run.py
 
 clean:

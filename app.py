@@ -45,7 +45,9 @@ def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
     return {
-        "pool_pre_ping": True,
+        # No pre-ping: it costs a round trip per request. A connection broken by a database
+        # restart fails one request (503) and SQLAlchemy then invalidates the whole pool.
+        "pool_pre_ping": False,
         "pool_size": 10,
         "max_overflow": 20,
         "pool_timeout": 5,

@@ -178,12 +178,14 @@ def route(
     responses: dict[int, str] | None = None,
     produces: str = "application/json",
     max_body: int | None = None,
+    hot: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a view with declared input/output; see the module docstring.
 
     `auth_mode` is `operator` (API key or session, plus `scope`), `node` (node key or JWT
     whose node must be the `node_id` in the path) or `public`. `max_body` lowers the
-    app-wide body limit for this route.
+    app-wide body limit for this route. `hot` (node routes) authenticates on the autocommit
+    hot-path connection, for the endpoints every node calls all the time.
     """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -209,7 +211,7 @@ def route(
             elif auth_mode == "node":
                 from blueprints import node_auth  # imports ids, which imports this module
 
-                kwargs["node"] = node_auth.require_node(kwargs.pop("node_id"))
+                kwargs["node"] = node_auth.require_node(kwargs.pop("node_id"), hot=hot)
             if body is not None:
                 kwargs["body"] = parse_json_body(body)
             elif method in ("POST", "PUT", "PATCH") and request.get_data(cache=True):

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from blueprints import node_auth
 from blueprints.api import route
 from blueprints.schemas import (
     CountOut,
@@ -25,6 +26,7 @@ from sentinel_cp import metrics, nodes, projects, signing
 from sentinel_cp.db import db, utcnow
 
 bp = Blueprint("node_api", __name__, url_prefix="/api/v1")
+bp.teardown_request(node_auth.close_hot_connection)
 SMALL_BODY = 64 * 1024
 CONFIG_BODY = 1024 * 1024 + 4096
 REGISTRATION_HEADER = "X-Sentinel-Registration-Token"
@@ -80,6 +82,7 @@ def register(slug: str, body: RegisterIn) -> tuple[dict[str, Any], int]:
     response=HeartbeatOut,
     max_body=SMALL_BODY,
     responses={429: "heartbeat_too_fast"},
+    hot=True,
 )
 def heartbeat(node: nodes.NodeContext, body: HeartbeatIn) -> dict[str, Any]:
     report = {name: getattr(body, name) for name in body.model_fields_set}

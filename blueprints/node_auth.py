@@ -8,13 +8,19 @@ from flask import g, request
 
 from blueprints.ids import parse_uuid
 from sentinel_cp import nodes
+from sentinel_cp.db import hot_connection
 from sentinel_cp.errors import Unauthorized
 
 KEY_HEADERS = ("X-Sentinel-Node-Key", "X-Zentinel-Node-Key")
 
 
-def require_node(path_node_id: str) -> nodes.NodeContext:
+def require_node(path_node_id: str, *, hot: bool = False) -> nodes.NodeContext:
+    """The authenticated node. `hot` reads the credential on an autocommit hot-path
+    connection (closed when the request ends) that the endpoint then writes through."""
     node_id = parse_uuid(path_node_id, "node_id")
+    connection = None
+    if hot:
+        connection = g.hot_connection = hot_connection()
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
@@ -22,12 +28,18 @@ def require_node(path_node_id: str) -> nodes.NodeContext:
             raise Unauthorized(
                 "Authorization header must be 'Bearer <token>'", code="invalid_authorization"
             )
-        ctx = nodes.authenticate_token(token.strip())
+        ctx = nodes.authenticate_token(token.strip(), connection=connection)
     else:
         key = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None)
         if not key:
             raise Unauthorized("Missing node credentials", code="missing_credentials")
-        ctx = nodes.authenticate_key(key)
+        ctx = nodes.authenticate_key(key, connection)
     nodes.require_same_node(ctx, node_id)
     g.node = ctx
     return ctx
+
+
+def close_hot_connection(_exc: BaseException | None) -> None:
+    connection = g.pop("hot_connection", None)
+    if connection is not None:
+        connection.close()

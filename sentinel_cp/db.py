@@ -7,14 +7,15 @@ constraint behaves the same on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, event
+from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -66,6 +67,53 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+
+_hot_engines: dict[str, Engine] = {}
+_hot_lock = threading.Lock()
+
+
+def hot_connection() -> Connection:
+    """An autocommit connection for the node hot paths (heartbeat, poll).
+
+    A steady-state heartbeat is one read and one single-statement write; in autocommit they
+    cost two round trips instead of four (no BEGIN, no COMMIT). On PostgreSQL these
+    connections also run with `synchronous_commit=off`: what they write is soft state
+    (last seen, health, metrics) that the next heartbeat repeats, so a crash may lose the last
+    fraction of a second of it but never corrupts anything, and the commit does not wait for
+    the WAL flush. Everything audited stays on the regular, durable connections.
+    """
+    main = db.engine
+    key = main.url.render_as_string(hide_password=False)
+    engine = _hot_engines.get(key)
+    if engine is None:
+        with _hot_lock:
+            engine = _hot_engines.get(key)
+            if engine is None:
+                engine = _hot_engine(main)
+                _hot_engines[key] = engine
+    return engine.connect()
+
+
+def _hot_engine(main: Engine) -> Engine:
+    if main.dialect.name != "postgresql":
+        return main.execution_options(isolation_level="AUTOCOMMIT")
+    return create_engine(
+        main.url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=8,
+        max_overflow=16,
+        pool_timeout=5,
+        connect_args={"connect_timeout": 5, "options": "-c synchronous_commit=off"},
+    )
+
+
+def dispose_hot_engines() -> None:
+    """Close the hot-path pools (tests, and before a fork)."""
+    with _hot_lock:
+        for engine in _hot_engines.values():
+            engine.dispose()
+        _hot_engines.clear()
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")

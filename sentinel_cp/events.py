@@ -24,15 +24,20 @@ _PENDING = "sentinel_pending_events"
 log = logging.getLogger(__name__)
 
 
-def publish_after_commit(project_id: object, kind: str, ident: object, state: str | None) -> None:
-    """Queue `{project, kind, id, state}` for publication when the current transaction commits."""
-    payload = {
+def event_payload(
+    project_id: object, kind: str, ident: object, state: str | None
+) -> dict[str, Any]:
+    return {
         "project": str(project_id) if project_id else None,
         "kind": kind,
         "id": str(ident) if ident is not None else None,
         "state": state,
     }
-    db.session.info.setdefault(_PENDING, []).append(payload)
+
+
+def publish_after_commit(project_id: object, kind: str, ident: object, state: str | None) -> None:
+    """Queue `{project, kind, id, state}` for publication when the current transaction commits."""
+    db.session.info.setdefault(_PENDING, []).append(event_payload(project_id, kind, ident, state))
 
 
 def publish_now(payload: dict[str, Any]) -> None:

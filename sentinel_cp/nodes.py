@@ -8,12 +8,15 @@ something an operator would see changed (status or active bundle).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
 import re
 import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +30,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     func,
     or_,
@@ -35,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sentinel_cp import audit, events, signing
@@ -227,51 +232,119 @@ def _new_key() -> str:
 
 
 @dataclass(frozen=True)
+class NodeIdentity:
+    """What a node endpoint needs of the authenticated node, read in the credential lookup.
+
+    A plain snapshot (not an ORM object): the hot paths write with set-based statements
+    guarded in SQL, so they never need the unit of work.
+    """
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    name: str
+    status: str
+    key_version: int
+    active_bundle_id: str | None
+    assigned_bundle_id: str | None
+    last_heartbeat_at: datetime | None
+    last_sampled_at: datetime | None
+    health: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+_IDENTITY_COLUMNS = tuple(
+    Node.__table__.c[name]
+    for name in (
+        "id",
+        "project_id",
+        "name",
+        "status",
+        "key_version",
+        "active_bundle_id",
+        "assigned_bundle_id",
+        "last_heartbeat_at",
+        "last_sampled_at",
+        "health",
+        "metrics",
+    )
+)
+# Built once: the credential lookup runs on every node request, and constructing a statement
+# costs more than the compiled-cache lookup that executing a prebuilt one needs.
+_NODES = Node.__table__
+_PROJECTS = Project.__table__
+_KEY_LOOKUP = (
+    select(*_IDENTITY_COLUMNS, _NODES.c.key_hash, _PROJECTS.c.settings)
+    .join(_PROJECTS, _PROJECTS.c.id == _NODES.c.project_id)
+    .where(_NODES.c.key_hash == bindparam("digest"))
+)
+
+
+@dataclass(frozen=True)
 class NodeContext:
-    """An authenticated node with the project settings every node endpoint needs."""
+    """An authenticated node with the project settings every node endpoint needs.
 
-    node: Node
+    `connection` is the hot-path connection the credential was read on (see
+    `db.hot_connection`), when the endpoint asked for one.
+    """
+
+    node: NodeIdentity
     settings: ProjectSettings
+    connection: Connection | None = None
 
 
-def authenticate_key(raw: str) -> NodeContext:
+def _identity(row: Any) -> NodeIdentity:
+    return NodeIdentity(*row[: len(_IDENTITY_COLUMNS)])
+
+
+def authenticate_key(raw: str, connection: Connection | None = None) -> NodeContext:
     """Resolve `X-Sentinel-Node-Key` in one statement; 401 when unknown or revoked."""
     if not raw.startswith(NODE_KEY_PREFIX) or len(raw) > 128:
         raise Unauthorized("Invalid node key", code="invalid_node_key")
     digest = _hash_key(raw)
-    row = db.session.execute(
-        select(Node, Project.settings)
-        .join(Project, Project.id == Node.project_id)
-        .where(Node.key_hash == digest)
-    ).first()
-    if row is None or not hmac.compare_digest(row[0].key_hash or "", digest):
+    conn = connection or db.session.connection()
+    row = conn.execute(_KEY_LOOKUP, {"digest": digest}).first()
+    if row is None or not hmac.compare_digest(row.key_hash or "", digest):
         raise Unauthorized("Invalid node key", code="invalid_node_key")
-    return NodeContext(row[0], ProjectSettings.model_validate(row[1]))
+    return NodeContext(_identity(row), ProjectSettings.model_validate(row.settings), connection)
 
 
-def authenticate_token(token: str, *, now: datetime | None = None) -> NodeContext:
+def authenticate_token(
+    token: str, *, now: datetime | None = None, connection: Connection | None = None
+) -> NodeContext:
     """Resolve a node JWT: node, project settings and signing key in one statement."""
     kid, subject, signing_input, signature, claims = signing.read_token(token)
     try:
         node_id = uuid.UUID(subject)
     except ValueError:
         raise Unauthorized("Token subject is not a node", code="invalid_token") from None
-    row = db.session.execute(
-        select(Node, Project.settings, signing.SigningKey.public_key, signing.SigningKey.state)
-        .join(Project, Project.id == Node.project_id)
-        .join(
-            signing.SigningKey,
-            and_(signing.SigningKey.project_id == Node.project_id, signing.SigningKey.kid == kid),
+    row = (
+        (connection or db.session.connection())
+        .execute(
+            select(
+                *_IDENTITY_COLUMNS,
+                Node.key_hash,
+                Project.settings,
+                signing.SigningKey.public_key,
+                signing.SigningKey.state,
+            )
+            .join(Project, Project.id == Node.project_id)
+            .join(
+                signing.SigningKey,
+                and_(
+                    signing.SigningKey.project_id == Node.project_id, signing.SigningKey.kid == kid
+                ),
+            )
+            .where(Node.id == node_id)
         )
-        .where(Node.id == node_id)
-    ).first()
+        .first()
+    )
     if row is None:
         raise Unauthorized("Unknown node or signing key", code="invalid_token")
-    node, settings, public_key, state = row
-    signing.check_token(public_key, state, signing_input, signature, claims, now=now)
-    if node.key_hash is None or claims.get("ver") != node.key_version:
+    signing.check_token(row.public_key, row.state, signing_input, signature, claims, now=now)
+    identity = _identity(row)
+    if row.key_hash is None or claims.get("ver") != identity.key_version:
         raise Unauthorized("Token was revoked", code="token_revoked")
-    return NodeContext(node, ProjectSettings.model_validate(settings))
+    return NodeContext(identity, ProjectSettings.model_validate(row.settings), connection)
 
 
 def require_same_node(ctx: NodeContext, path_node_id: uuid.UUID) -> None:
@@ -286,8 +359,12 @@ def issue_token(ctx: NodeContext, *, now: datetime | None = None) -> tuple[str, 
     token, expires = signing.issue_token(
         key, node_id=ctx.node.id, key_version=ctx.node.key_version, now=now
     )
-    ctx.node.token_issued_at = now
-    ctx.node.token_expires_at = expires
+    db.session.execute(
+        update(Node)
+        .where(Node.id == ctx.node.id)
+        .values(token_issued_at=now, token_expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
     return token, expires
 
 
@@ -394,71 +471,61 @@ def record_heartbeat(
     ctx: NodeContext, report: dict[str, Any], *, now: datetime | None = None
 ) -> dict[str, Any]:
     """Apply one heartbeat. `report` holds only the fields the node sent; absent fields keep
-    their stored values. Returns the response body."""
+    their stored values. Returns the response body.
+
+    Every write is guarded in SQL (same status as read, no heartbeat in the last second), so
+    the 1/s limit and the online transition hold against a concurrent heartbeat or staleness
+    sweep: a lost race answers 429 and the node's retry reads fresh state. An online node on
+    the hot connection writes in autocommit (one statement; with the history sample, one
+    short explicit transaction); a node coming back online goes through the session's
+    transaction with its audit row.
+    """
     now = now or utcnow()
     node = ctx.node
     if node.last_heartbeat_at is not None and now - node.last_heartbeat_at < MIN_HEARTBEAT_GAP:
-        raise RateLimited(
-            "Heartbeats are limited to one per second per node",
-            retry_after=1,
-            code="heartbeat_too_fast",
-        )
-    before = (node.status, node.active_bundle_id)
-    node.last_seen_at = node.last_heartbeat_at = now
-    node.status = "online"
-    health = report.get("health")
-    metrics = report.get("metrics")
+        raise _too_fast()
+    values: dict[str, Any] = {"last_seen_at": now, "last_heartbeat_at": now, "status": "online"}
+    health, metrics = _merged_snapshot(node, report)
     if health is not None:
-        node.health = health
+        values["health"] = health
     if metrics is not None:
-        # cpu/memory under `health` are accepted for compatibility and read as metrics.
-        merged = dict(metrics)
-        for legacy in ("cpu_percent", "memory_percent"):
-            if health and legacy in health and legacy not in merged:
-                merged[legacy] = health[legacy]
-        node.metrics = merged
-    elif health and any(k in health for k in ("cpu_percent", "memory_percent")):
-        node.metrics = {
-            **node.metrics,
-            **{k: health[k] for k in ("cpu_percent", "memory_percent") if k in health},
-        }
-    for field, column in (
-        ("active_bundle_id", "active_bundle_id"),
-        ("staged_bundle_id", "staged_bundle_id"),
-        ("version", "version"),
-        ("hostname", "hostname"),
-    ):
+        values["metrics"] = metrics
+    for field in ("active_bundle_id", "staged_bundle_id", "version", "hostname"):
         if field in report:
-            setattr(node, column, report[field])
+            values[field] = report[field]
     if "metadata" in report:
-        node.meta = report["metadata"] or {}  # the column is always an object
+        values["metadata"] = report["metadata"] or {}  # the column is always an object
     if "ip" in report:
-        node.ip = _check_ip(report["ip"])
-    if node.last_sampled_at is None or now - node.last_sampled_at >= SAMPLE_EVERY:
-        node.last_sampled_at = now
-        db.session.add(
-            NodeHeartbeat(
-                node_id=node.id,
-                created_at=now,
-                status=node.status,
-                health=node.health,
-                metrics=node.metrics,
-                active_bundle_id=node.active_bundle_id,
-            )
-        )
-    after = (node.status, node.active_bundle_id)
-    if after != before:
-        if before[0] != "online":
+        values["ip"] = _check_ip(report["ip"])
+    sample = node.last_sampled_at is None or now - node.last_sampled_at >= SAMPLE_EVERY
+    if sample:
+        values["last_sampled_at"] = now
+    active = values.get("active_bundle_id", node.active_bundle_id)
+    changed = node.status != "online" or active != node.active_bundle_id
+    if ctx.connection is not None and node.status == "online":
+        conn = ctx.connection
+        if sample:
+            with _explicit_transaction(conn):
+                _write_heartbeat(conn, node, values, now)
+        else:
+            _write_heartbeat(conn, node, values, now)
+        if changed:
+            # Written in autocommit: it is committed already.
+            events.publish_now(events.event_payload(node.project_id, "node", node.id, "online"))
+    else:
+        _write_heartbeat(db.session.connection(), node, values, now)
+        if node.status != "online":
             audit.record(
                 Actor("node", str(node.id), node.name),
                 "node.online",
                 resource_type="node",
                 resource_id=node.id,
                 project_id=node.project_id,
-                changes={"status": [before[0], "online"]},
+                changes={"status": [node.status, "online"]},
                 now=now,
             )
-        events.publish_after_commit(node.project_id, "node", node.id, node.status)
+        if changed:
+            events.publish_after_commit(node.project_id, "node", node.id, "online")
     return {
         "status": "ok",
         "node_id": str(node.id),
@@ -466,6 +533,93 @@ def record_heartbeat(
         "poll_after_s": ctx.settings.poll_interval_s,
         "assigned_bundle_id": node.assigned_bundle_id,
     }
+
+
+def _too_fast() -> RateLimited:
+    return RateLimited(
+        "Heartbeats are limited to one per second per node",
+        retry_after=1,
+        code="heartbeat_too_fast",
+    )
+
+
+def _write_heartbeat(
+    conn: Connection, node: NodeIdentity, values: dict[str, Any], now: datetime
+) -> None:
+    params = {**values, "node_id": node.id, "read_status": node.status}
+    params["cutoff"] = now - MIN_HEARTBEAT_GAP
+    if conn.execute(_heartbeat_update(tuple(values)), params).rowcount != 1:
+        raise _too_fast()
+    if "last_sampled_at" in values:
+        conn.execute(
+            _SAMPLE_INSERT,
+            {
+                "node_id": node.id,
+                "created_at": now,
+                "health": values.get("health", node.health),
+                "metrics": values.get("metrics", node.metrics),
+                "active_bundle_id": values.get("active_bundle_id", node.active_bundle_id),
+            },
+        )
+
+
+@functools.cache
+def _heartbeat_update(columns: tuple[str, ...]) -> Any:
+    """The guarded UPDATE for one set of reported fields, built once per set (a handful
+    exist in practice): building a statement costs more than running it."""
+    return (
+        _NODES.update()
+        .where(
+            _NODES.c.id == bindparam("node_id"),
+            _NODES.c.status == bindparam("read_status"),
+            or_(
+                _NODES.c.last_heartbeat_at.is_(None),
+                _NODES.c.last_heartbeat_at <= bindparam("cutoff", type_=UTCDateTime),
+            ),
+        )
+        .values({_NODES.c[name]: bindparam(name, type_=_NODES.c[name].type) for name in columns})
+    )
+
+
+_SAMPLE_INSERT = NodeHeartbeat.__table__.insert().values(
+    node_id=bindparam("node_id"),
+    created_at=bindparam("created_at"),
+    status="online",
+    health=bindparam("health"),
+    metrics=bindparam("metrics"),
+    active_bundle_id=bindparam("active_bundle_id"),
+)
+
+
+@contextmanager
+def _explicit_transaction(conn: Connection) -> Iterator[None]:
+    """BEGIN/COMMIT by hand on an autocommit connection: the sample and the node row land
+    together or not at all."""
+    conn.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.exec_driver_sql("ROLLBACK")
+        raise
+    conn.exec_driver_sql("COMMIT")
+
+
+def _merged_snapshot(
+    node: NodeIdentity, report: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The health and metrics to store (None: keep what is stored).
+
+    `cpu_percent`/`memory_percent` under `health` are accepted for compatibility and read as
+    metrics.
+    """
+    health = report.get("health")
+    metrics = report.get("metrics")
+    legacy = {k: health[k] for k in ("cpu_percent", "memory_percent") if health and k in health}
+    if metrics is not None:
+        return health, {**legacy, **metrics}
+    if legacy:
+        return health, {**node.metrics, **legacy}
+    return health, None
 
 
 def record_events(

@@ -176,9 +176,10 @@ def app(backend: Backend, tmp_path: Path) -> Iterator[Any]:
     yield flask_app
     _truncate_all(flask_app)
     with flask_app.app_context():
-        from sentinel_cp.db import db
+        from sentinel_cp.db import db, dispose_hot_engines
 
         db.engine.dispose()
+        dispose_hot_engines()
 
 
 @pytest.fixture

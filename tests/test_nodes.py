@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import redis
 from conftest import bearer, make_key, make_user
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
+from sqlalchemy.engine import Engine
 
+from sentinel_cp import db as db_module
 from sentinel_cp import events, nodes, signing
 from sentinel_cp.audit import Actor, AuditLog
 from sentinel_cp.db import db, utcnow
@@ -321,12 +323,26 @@ def test_heartbeat_one_second_apart_is_accepted_by_the_domain(
 ) -> None:
     _, key = make_node(client, token)
     with app.app_context():
-        ctx = nodes.authenticate_key(key)
         start = utcnow() + timedelta(seconds=10)
-        nodes.record_heartbeat(ctx, {}, now=start)
+        nodes.record_heartbeat(nodes.authenticate_key(key), {}, now=start)
         with pytest.raises(Exception, match="one per second"):
-            nodes.record_heartbeat(ctx, {}, now=start + timedelta(milliseconds=900))
-        nodes.record_heartbeat(ctx, {}, now=start + timedelta(seconds=1))
+            nodes.record_heartbeat(
+                nodes.authenticate_key(key), {}, now=start + timedelta(milliseconds=900)
+            )
+        nodes.record_heartbeat(nodes.authenticate_key(key), {}, now=start + timedelta(seconds=1))
+
+
+def test_a_heartbeat_racing_another_on_a_stale_read_is_refused(
+    client: Any, app: Any, token: str
+) -> None:
+    # Two requests of one node read the same row; the guard in the UPDATE lets only one win.
+    _, key = make_node(client, token)
+    with app.app_context():
+        start = utcnow() + timedelta(seconds=10)
+        first, second = nodes.authenticate_key(key), nodes.authenticate_key(key)
+        nodes.record_heartbeat(first, {}, now=start)
+        with pytest.raises(Exception, match="one per second"):
+            nodes.record_heartbeat(second, {}, now=start + timedelta(milliseconds=10))
 
 
 @pytest.mark.parametrize(
@@ -366,8 +382,7 @@ def test_steady_state_heartbeat_costs_at_most_two_sql_statements(
     heartbeat(client, app, node_id, key, {"health": {"status": "healthy"}})  # takes the sample
     rewind(app, node_id)
     statements: list[str] = []
-    with app.app_context():
-        engine = db.engine
+    engine = Engine  # every engine: the heartbeat writes on the hot-path pool
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
@@ -391,9 +406,9 @@ def test_steady_state_heartbeat_costs_at_most_two_sql_statements(
 def test_history_is_sampled_at_most_once_a_minute(client: Any, app: Any, token: str) -> None:
     _, key = make_node(client, token)
     with app.app_context():
-        ctx = nodes.authenticate_key(key)
         start = utcnow() + timedelta(seconds=5)
         for offset in (0, 10, 30, 59, 61, 90, 125):
+            ctx = nodes.authenticate_key(key)
             nodes.record_heartbeat(ctx, {}, now=start + timedelta(seconds=offset))
         db.session.commit()
         samples = db.session.scalars(
@@ -873,9 +888,9 @@ def test_heartbeat_history_lists_samples_newest_first(
 ) -> None:
     _, key = make_node(client, token)
     with app.app_context():
-        ctx = nodes.authenticate_key(key)
         start = utcnow() + timedelta(seconds=5)
         for minute in range(3):
+            ctx = nodes.authenticate_key(key)
             nodes.record_heartbeat(
                 ctx, {"metrics": {"error_rate": minute}}, now=start + timedelta(minutes=minute)
             )
@@ -947,3 +962,46 @@ def test_the_first_heartbeat_right_after_registration_is_accepted(client: Any, t
     node_id, key = make_node(client, token)
     response = client.post(f"/api/v1/nodes/{node_id}/heartbeat", json={}, headers=node_headers(key))
     assert response.status_code == 200
+
+
+def test_hot_path_samples_history_once_a_minute_in_autocommit(
+    client: Any, app: Any, token: str
+) -> None:
+    _, key = make_node(client, token)
+    with app.app_context():
+        start = utcnow() + timedelta(seconds=5)
+        nodes.record_heartbeat(nodes.authenticate_key(key), {}, now=start)  # online, audited
+        db.session.commit()
+        with db_module.hot_connection() as conn:
+            for offset in (10, 59, 61, 62, 125):
+                ctx = nodes.authenticate_key(key, conn)
+                nodes.record_heartbeat(
+                    ctx, {"metrics": {"error_rate": offset}}, now=start + timedelta(seconds=offset)
+                )
+        db.session.rollback()  # nothing pending on the session: the hot path committed itself
+        samples = db.session.execute(
+            select(nodes.NodeHeartbeat.created_at, nodes.NodeHeartbeat.metrics).order_by(
+                nodes.NodeHeartbeat.created_at
+            )
+        ).all()
+        node = db.session.scalars(select(nodes.Node)).one()
+    assert [(s - start).total_seconds() for s, _ in samples] == [0, 61, 125]
+    assert [m.get("error_rate") for _, m in samples] == [None, 61, 125]
+    assert node.metrics == {"error_rate": 125}
+
+
+def test_a_refused_hot_heartbeat_writes_no_sample(client: Any, app: Any, token: str) -> None:
+    _, key = make_node(client, token)
+    with app.app_context():
+        start = utcnow() + timedelta(seconds=5)
+        nodes.record_heartbeat(nodes.authenticate_key(key), {}, now=start)
+        db.session.commit()
+        with db_module.hot_connection() as conn:
+            stale = nodes.authenticate_key(key, conn)
+            nodes.record_heartbeat(
+                nodes.authenticate_key(key, conn), {}, now=start + timedelta(seconds=61)
+            )
+            with pytest.raises(Exception, match="one per second"):
+                nodes.record_heartbeat(stale, {}, now=start + timedelta(seconds=61, milliseconds=5))
+        count = db.session.scalar(select(func.count()).select_from(nodes.NodeHeartbeat))
+    assert count == 2
