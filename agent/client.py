@@ -11,6 +11,10 @@ simulator runs a thousand nodes over one connection pool). What the client decid
   only when the request cannot have reached the server (connect errors, 429, 503).
 - Errors: every non-2xx answer becomes an `ApiError` carrying the status, the JSON `code`, the
   message and the field problems; a network failure that outlasts the retries is `Unreachable`.
+- Bundles: `poll_bundle` returns `BundleOffer`, `NoUpdate` or `NotModified` (304);
+  `download_bundle` streams into memory under a size cap and follows a storage redirect itself,
+  without the node's credentials; `report_bundle_status` posts one state. Checking and applying
+  what was downloaded is `agent.bundle` and `agent.apply`, not this module.
 
 Time and randomness are injected (`sleep`, `random`, `clock`) so tests never sleep for real.
 """
@@ -18,9 +22,12 @@ Time and randomness are injected (`sleep`, `random`, `clock`) so tests never sle
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
+import json as json_module
 import random as random_module
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +44,12 @@ USER_AGENT = "sentinel-agent/0.1"
 TOKEN_REFRESH_SHARE = 0.1
 MAX_RETRY_AFTER_S = 3600.0
 TOKEN_RETRY_AFTER_REFUSAL_S = 300.0
+# Downloads: the offer's size plus a margin, and never more than the absolute cap.
+DOWNLOAD_MARGIN_BYTES = 64 * 1024
+MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024
+MAX_REDIRECTS = 3
+MAX_STATUS_LOGS_BYTES = 32 * 1024
+MAX_STATUS_REASON_CHARS = 500
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -203,10 +216,18 @@ class SigningKey:
     kid: str
     alg: str
     public_key: str
+    # "active"/"retired" as the signing-keys endpoint says; not stored with pinned keys.
+    state: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SigningKey:
-        return cls(kid=str(data["kid"]), alg=str(data["alg"]), public_key=str(data["public_key"]))
+        state = data.get("state")
+        return cls(
+            kid=str(data["kid"]),
+            alg=str(data["alg"]),
+            public_key=str(data["public_key"]),
+            state=str(state) if state is not None else None,
+        )
 
     def to_json(self) -> dict[str, str]:
         return {"kid": self.kid, "alg": self.alg, "public_key": self.public_key}
@@ -257,6 +278,102 @@ class NodeEvent:
         }
 
 
+BUNDLE_STATES: Final = frozenset(
+    {"downloaded", "staged", "activated", "verified", "failed", "rolled_back"}
+)
+_BUNDLE_ID = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class BundleOffer:
+    """A poll answer naming a bundle to apply (`bundle_id` == `checksum`)."""
+
+    bundle_id: str
+    version: str | None
+    checksum: str
+    size_bytes: int | None
+    download_url: str | None
+    signature: str
+    signing_key_id: str
+    rollout_id: str | None
+    poll_after_s: int
+    etag: str | None = None
+    project_id: str | None = None  # only if the control plane volunteers it
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, etag: str | None) -> BundleOffer:
+        bundle_id, checksum = str(data["bundle_id"]).lower(), str(data["checksum"]).lower()
+        for value in (bundle_id, checksum):
+            if not _BUNDLE_ID.fullmatch(value):
+                raise ValueError(f"not a sha256 hex id: {value[:80]!r}")
+        size = data.get("size_bytes")
+        return cls(
+            bundle_id=bundle_id,
+            version=data.get("version"),
+            checksum=checksum,
+            size_bytes=int(size) if size is not None else None,
+            download_url=data.get("download_url"),
+            signature=str(data["signature"]),
+            signing_key_id=str(data["signing_key_id"]),
+            rollout_id=data.get("rollout_id"),
+            poll_after_s=int(data.get("poll_after_s", 30)),
+            etag=etag,
+            project_id=data.get("project_id"),
+        )
+
+
+@dataclass(frozen=True)
+class NoUpdate:
+    """A poll answer: nothing to apply (assignment unset, revoked, or already active)."""
+
+    poll_after_s: int
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class NotModified:
+    """304: the assignment is what it was when `etag` was issued."""
+
+    etag: str
+
+
+PollResult = BundleOffer | NoUpdate | NotModified
+
+
+@dataclass(frozen=True)
+class BundleStatusAck:
+    state: str
+
+
+class DownloadRefused(ControlPlaneError):
+    """The download broke a rule of ours (too large, odd redirect): retrying will not help."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a compact JWS, *unverified*: only for facts the server tells about us
+    (our project's id), never to decide access. `{}` when it is not a readable JWT."""
+    try:
+        payload = token.split(".")[1]
+        claims = json_module.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _truncate_utf8_tail(text: str, limit: int) -> str:
+    """The last `limit` bytes of `text` (logs end with what went wrong), marked as cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    marker = "…(truncated)\n"
+    keep = raw[-(limit - len(marker.encode())) :]
+    return marker + keep.decode(errors="ignore")
+
+
 @dataclass
 class _HeldToken:
     value: str
@@ -290,6 +407,7 @@ class NodeClient:
         random: Callable[[], float] = random_module.random,
         clock: Callable[[], float] = time.monotonic,
         limiter: asyncio.Semaphore | None = None,
+        project_id: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._own_http = http is None
@@ -297,6 +415,9 @@ class NodeClient:
         self.node_id = node_id
         self.node_key = node_key
         self.use_token = use_token
+        # The project's id (not its slug) is part of what a bundle signature covers; learned
+        # from the node token's `prj` claim when not given.
+        self.project_id = project_id
         self.backoff = backoff or Backoff()
         self.max_attempts = max(1, max_attempts)
         self.sleep = sleep
@@ -332,8 +453,9 @@ class NodeClient:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
+        accept: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """One logical request with retries; returns a 2xx response or raises."""
+        """One logical request with retries; returns a 2xx (or `accept`ed) response or raises."""
         all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
         attempt = 0
         while True:
@@ -349,19 +471,24 @@ class NodeClient:
                 await self.sleep(self.backoff.delay(attempt, self.random))
                 attempt += 1
                 continue
-            if response.is_success:
+            if response.is_success or response.status_code in accept:
                 return response
             error = error_from_response(response)
-            if not error.retryable or attempt + 1 >= self.max_attempts:
+            delay = self._retry_delay(error, attempt, idempotent=idempotent)
+            if delay is None:
                 raise error
-            if error.status in (429, 503) and error.retry_after is not None:
-                delay = error.retry_after
-            elif idempotent:
-                delay = self.backoff.delay(attempt, self.random)
-            else:
-                raise error  # a 500 on a non-idempotent request may have been applied
             await self.sleep(delay)
             attempt += 1
+
+    def _retry_delay(self, error: ApiError, attempt: int, *, idempotent: bool) -> float | None:
+        """How long to wait before trying again after `error`; None: give up now."""
+        if not error.retryable or attempt + 1 >= self.max_attempts:
+            return None
+        if error.status in (429, 503) and error.retry_after is not None:
+            return error.retry_after
+        if idempotent:
+            return self.backoff.delay(attempt, self.random)
+        return None  # a 500 on a non-idempotent request may have been applied
 
     def _require_identity(self) -> tuple[str, str]:
         if self.node_id is None or self.node_key is None:
@@ -380,22 +507,37 @@ class NodeClient:
                 return {"Authorization": f"Bearer {self._token.value}"}
         return {NODE_KEY_HEADER: key}
 
+    def _drop_refused_token(self) -> None:
+        """The token was refused (expired, signing key retired, clock skew): the key decides."""
+        self._token = None
+        self._token_retry_at = self.clock() + TOKEN_RETRY_AFTER_REFUSAL_S
+
     async def _node_request(
-        self, method: str, path: str, *, json: Any = None, idempotent: bool = True
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        idempotent: bool = True,
+        headers: Mapping[str, str] | None = None,
+        accept: tuple[int, ...] = (),
     ) -> httpx.Response:
-        headers = await self._auth_headers()
+        credential = await self._auth_headers()
+        extra = dict(headers or {})
         try:
-            return await self._send(method, path, json=json, headers=headers, idempotent=idempotent)
+            return await self._send(
+                method, path, json=json, headers={**extra, **credential}, idempotent=idempotent,
+                accept=accept,
+            )  # fmt: skip
         except Unauthorized:
-            if "Authorization" not in headers:
+            if "Authorization" not in credential:
                 raise
-            # The token was refused (expired, signing key retired, clock skew): the key decides.
-            self._token = None
-            self._token_retry_at = self.clock() + TOKEN_RETRY_AFTER_REFUSAL_S
+            self._drop_refused_token()
             _, key = self._require_identity()
             return await self._send(
-                method, path, json=json, headers={NODE_KEY_HEADER: key}, idempotent=idempotent
-            )
+                method, path, json=json, headers={**extra, NODE_KEY_HEADER: key},
+                idempotent=idempotent, accept=accept,
+            )  # fmt: skip
 
     # --- protocol -------------------------------------------------------------------------
 
@@ -459,9 +601,18 @@ class NodeClient:
             expires_at=_parse_time(data.get("expires_at")),
             expires_in=int(data["expires_in"]),
         )
+        self.project_id = token_claims(issued.token).get("prj") or self.project_id
         lifetime = max(issued.expires_in, 0)
         self._token = _HeldToken(issued.token, self.clock() + lifetime * (1 - TOKEN_REFRESH_SHARE))
         return issued
+
+    async def learn_project_id(self) -> str:
+        """The project's id for signature checks: known, or read from a fresh node token."""
+        if self.project_id is None:
+            await self.refresh_token()
+        if self.project_id is None:
+            raise ControlPlaneError("the node token names no project (no `prj` claim)")
+        return self.project_id
 
     async def heartbeat(
         self,
@@ -534,19 +685,136 @@ class NodeClient:
         response = await self._send("GET", f"/projects/{project}/signing-keys")
         return [SigningKey.from_json(k) for k in response.json()["keys"]]
 
-    # --- bundles (slots) ------------------------------------------------------------------
+    # --- bundles -------------------------------------------------------------------------
 
-    async def poll_bundle(self, *, etag: str | None = None) -> Any:
-        """`GET /nodes/{id}/bundles/latest` with `If-None-Match`. Arrives with bundles."""
-        raise NotImplementedError("arrives with bundles")
+    async def poll_bundle(self, *, etag: str | None = None) -> PollResult:
+        """`GET /nodes/{id}/bundles/latest`; with `etag`, a 304 comes back as `NotModified`."""
+        node_id, _ = self._require_identity()
+        headers = {"If-None-Match": etag} if etag else {}
+        response = await self._node_request(
+            "GET", f"/nodes/{node_id}/bundles/latest", headers=headers, accept=(304,)
+        )
+        new_etag = response.headers.get("ETag")
+        if response.status_code == 304:
+            return NotModified(new_etag or etag or "")
+        try:
+            data = response.json()
+            if data.get("no_update"):
+                return NoUpdate(poll_after_s=int(data.get("poll_after_s", 30)), etag=new_etag)
+            return BundleOffer.from_json(data, etag=new_etag)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ControlPlaneError(f"malformed poll answer: {exc}") from None
 
-    async def download_bundle(self, bundle_id: str, destination: Any) -> Any:
-        """`GET /nodes/{id}/bundles/{bundle_id}/download`, streamed, hash checked.
-        Arrives with bundles."""
-        raise NotImplementedError("arrives with bundles")
+    def _download_target(self, bundle_id: str, url: str | None) -> httpx.URL:
+        """The offer's `download_url` when it is on the control plane we were configured with
+        (credentials go there), else the canonical path on that control plane."""
+        node_id, _ = self._require_identity()
+        ours = httpx.URL(self._url(f"/nodes/{node_id}/bundles/{bundle_id}/download"))
+        if url:
+            offered = httpx.URL(url)
+            base = httpx.URL(self.base_url)
+            if (offered.scheme, offered.host, offered.port) == (base.scheme, base.host, base.port):
+                return offered
+        return ours
+
+    async def download_bundle(
+        self,
+        bundle_id: str,
+        *,
+        url: str | None = None,
+        size_bytes: int | None = None,
+        max_bytes: int = MAX_DOWNLOAD_BYTES,
+    ) -> bytes:
+        """`GET /nodes/{id}/bundles/{bundle_id}/download`, streamed into memory with a cap.
+
+        The cap is `size_bytes` (from the offer) plus a margin, never above `max_bytes`. A 302
+        (presigned storage URL) is followed here, by hand, *without* the node's credentials:
+        the storage host must never see them. The bytes are not trusted by this method; the
+        caller verifies hash and signature (`agent.bundle.verify_archive`).
+        """
+        if not _BUNDLE_ID.fullmatch(bundle_id):
+            raise ValueError(f"not a bundle id: {bundle_id[:80]!r}")
+        cap = (
+            max_bytes if size_bytes is None else min(max_bytes, size_bytes + DOWNLOAD_MARGIN_BYTES)
+        )
+        target = self._download_target(bundle_id, url)
+        attempt = 0
+        while True:
+            credential = await self._auth_headers()
+            try:
+                return await self._fetch_archive(target, credential, cap)
+            except Unauthorized:
+                if "Authorization" not in credential:
+                    raise
+                self._drop_refused_token()  # the next round sends the key
+                continue
+            except Unreachable:
+                if attempt + 1 >= self.max_attempts:
+                    raise
+                delay = self.backoff.delay(attempt, self.random)
+            except ApiError as exc:
+                retry_after = self._retry_delay(exc, attempt, idempotent=True)
+                if retry_after is None:
+                    raise
+                delay = retry_after
+            await self.sleep(delay)
+            attempt += 1
+
+    async def _fetch_archive(
+        self, url: httpx.URL, credential: Mapping[str, str], cap: int
+    ) -> bytes:
+        # Identity encoding: the cap then counts what goes over the wire and into memory (a
+        # gzip-encoded body would be inflated by httpx before we could count it).
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **credential}
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                async with (
+                    self.limiter,
+                    self.http.stream(
+                        "GET", url, headers=headers, follow_redirects=False
+                    ) as response,
+                ):
+                    if response.is_redirect:
+                        location = response.headers["Location"]
+                        url = response.url.join(location)
+                        if url.scheme not in ("http", "https"):
+                            raise DownloadRefused(f"redirect to a {url.scheme or 'relative'} URL")
+                        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+                        continue
+                    if not response.is_success:
+                        await response.aread()
+                        raise error_from_response(response)
+                    declared = response.headers.get("Content-Length")
+                    if declared and declared.isdigit() and int(declared) > cap:
+                        raise DownloadRefused(f"download larger than {cap} bytes")
+                    body = bytearray()
+                    async for chunk in response.aiter_raw():
+                        body += chunk
+                        if len(body) > cap:
+                            raise DownloadRefused(f"download larger than {cap} bytes")
+                    return bytes(body)
+            except httpx.TransportError as exc:
+                raise Unreachable(f"GET {url.copy_with(query=None)}: {exc!r}") from exc
+        raise DownloadRefused(f"more than {MAX_REDIRECTS} redirects")
 
     async def report_bundle_status(
         self, bundle_id: str, state: str, *, reason: str | None = None, logs: str | None = None
-    ) -> Any:
-        """`POST /nodes/{id}/bundles/{bundle_id}/{state}`. Arrives with bundles."""
-        raise NotImplementedError("arrives with bundles")
+    ) -> BundleStatusAck:
+        """`POST /nodes/{id}/bundles/{bundle_id}/{state}`. Safe to repeat (the server answers a
+        repeat with 200); a backward transition raises `Conflict` (`invalid_transition`).
+        Logs are cut to their last 32 KiB, the reason to 500 characters."""
+        if state not in BUNDLE_STATES:
+            raise ValueError(f"unknown bundle state {state!r}")
+        node_id, _ = self._require_identity()
+        body: dict[str, str] = {}
+        if reason is not None:
+            body["reason"] = reason[:MAX_STATUS_REASON_CHARS]
+        if logs is not None:
+            body["logs"] = _truncate_utf8_tail(logs, MAX_STATUS_LOGS_BYTES)
+        response = await self._node_request(
+            "POST", f"/nodes/{node_id}/bundles/{bundle_id}/{state}", json=body
+        )
+        try:
+            return BundleStatusAck(state=str(response.json().get("state", state)))
+        except (AttributeError, ValueError):
+            return BundleStatusAck(state=state)

@@ -4,6 +4,9 @@ JSON with `node_id`, `node_key`, `project`, `url`, the signing keys pinned at re
 intervals the control plane announced. The key is a secret, so the file is written atomically
 (a temporary file in the same directory, fsync, rename) with mode 0600 from the first byte, and
 a file that group or others can read is refused rather than trusted.
+
+Beside it lives the node's bundle state (`BundleState`: the active bundle id and the bundles that
+failed here), written the same atomic way, so a restarted agent knows what its proxy runs.
 """
 
 from __future__ import annotations
@@ -76,11 +79,10 @@ class Credentials:
         )
 
 
-def save(path: Path, credentials: Credentials) -> None:
-    """Write atomically with mode 0600: readers see the old file or the new one, never half."""
+def _write_atomically(path: Path, payload: bytes) -> None:
+    """Temporary file (mode 0600) in the same directory, fsync, rename, fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    payload = (json.dumps(credentials.to_json(), indent=2) + "\n").encode()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -100,6 +102,11 @@ def save(path: Path, credentials: Credentials) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def save(path: Path, credentials: Credentials) -> None:
+    """Write atomically with mode 0600: readers see the old file or the new one, never half."""
+    _write_atomically(path, (json.dumps(credentials.to_json(), indent=2) + "\n").encode())
 
 
 def load(path: Path) -> Credentials:
@@ -123,3 +130,45 @@ def load(path: Path) -> Credentials:
     except ValueError as exc:
         raise CredentialsError(f"{path} is not JSON: {exc}") from None
     return Credentials.from_json(data)
+
+
+# --- bundle state ---------------------------------------------------------------------------
+
+STATE_FILE_NAME = "bundle-state.json"
+MAX_REMEMBERED_FAILURES = 32
+
+
+@dataclass(frozen=True)
+class BundleState:
+    """What the proxy runs (`active_bundle_id`) and which bundles failed here, with the reason
+    (a content-addressed bundle that failed verification or activation would fail again, so it
+    is not retried until the assignment changes or the operator clears this file)."""
+
+    active_bundle_id: str | None = None
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        failed = list(self.failed.items())[-MAX_REMEMBERED_FAILURES:]
+        return {"active_bundle_id": self.active_bundle_id, "failed": dict(failed)}
+
+
+def save_state(path: Path, state: BundleState) -> None:
+    """Atomic, like the credentials (no secret inside, but no reason to be readable either)."""
+    _write_atomically(path, (json.dumps(state.to_json(), indent=2) + "\n").encode())
+
+
+def load_state(path: Path) -> BundleState:
+    """The saved state; an empty one when the file is missing or unreadable (the agent must
+    start anyway, and the worst case is applying the assigned bundle once more)."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return BundleState()
+    if not isinstance(data, dict):
+        return BundleState()
+    active = data.get("active_bundle_id")
+    failed = data.get("failed")
+    return BundleState(
+        active_bundle_id=active if isinstance(active, str) else None,
+        failed={str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {},
+    )

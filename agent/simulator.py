@@ -2,7 +2,8 @@
 
     sentinel-cp simulate --url URL --project SLUG --registration-token T --nodes 1000 \\
         [--heartbeat-interval 10] [--duration 60] [--labels zone=a,zone=b] \\
-        [--failure-rate 0.05] [--unhealthy-share 0.1] [--silent-share 0.1]
+        [--failure-rate 0.05] [--unhealthy-share 0.1] [--silent-share 0.1] \\
+        [--apply-time 2] [--apply-failure-rate 0.05]
 
 Each node is an `asyncio` task with its own `NodeClient`; all share one `httpx.AsyncClient`
 whose connection limit bounds the load, and starts are spread over `stagger_s` so a thousand
@@ -11,6 +12,12 @@ key's values (round robin). Knobs: `failure_rate` is the share of heartbeats tha
 error spike (`degraded`, high error rate and latency); `unhealthy_share` of the nodes report
 `unhealthy` throughout; `silent_share` of the nodes stop heartbeating after `silent_after_s`
 (so the staleness job marks them offline).
+
+Bundles: each node runs the agent's own flow (`agent.apply`: poll, download, verify hash and
+signature, unpack, report each state) with a `SimulatedDriver` in place of a proxy, so a rollout
+against simulated nodes exercises everything but the real reload. Activation takes
+`apply_time_s`; `apply_failure_rate` of the activations fail their health check and roll back.
+Heartbeats carry the node's `active_bundle_id`.
 
 While it runs, one progress line goes to stderr at most once a second; at the end the summary
 goes to stdout as JSON (and is returned by `simulate`).
@@ -22,22 +29,40 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import random as random_module
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
-from agent.client import ApiError, Backoff, ControlPlaneError, NodeClient, Unreachable
+from agent.apply import ApplyResult, BundleApplier
+from agent.client import (
+    ApiError,
+    Backoff,
+    ControlPlaneError,
+    NodeClient,
+    SigningKey,
+    Unreachable,
+)
+from agent.drivers import SimulatedDriver
 from agent.proxy import SimulatedProxy
 
 SIM_VERSION = "sim-0.1.0"
+# The nodes' own log lines (a bundle failed, …) would drown the progress line; the summary
+# counts them instead. A handler attached here by the caller still sees them.
+node_log = logging.getLogger("sentinel_simulator.nodes")
+node_log.addHandler(logging.NullHandler())
+node_log.propagate = False
 REGISTER_ATTEMPTS = 8
 
 
@@ -84,13 +109,17 @@ class SimulationConfig:
     use_token: bool = True
     seed: int | None = None
     progress: bool = True
+    apply_time_s: float = 0.0
+    apply_failure_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError("nodes must be at least 1")
         if self.heartbeat_interval_s < 1:
             raise ValueError("heartbeat interval must be at least 1 s (the server's limit)")
-        for name in ("failure_rate", "unhealthy_share", "silent_share"):
+        if self.apply_time_s < 0:
+            raise ValueError("apply time must not be negative")
+        for name in ("failure_rate", "unhealthy_share", "silent_share", "apply_failure_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
 
@@ -104,6 +133,9 @@ class FleetStats:
     heartbeats_ok: int = 0
     heartbeats_failed: int = 0
     went_silent: int = 0
+    bundles_applied: int = 0
+    bundles_failed: int = 0
+    bundle_failures: Counter[str] = field(default_factory=Counter)  # reason → count
     errors: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     recent_ms: list[float] = field(default_factory=list)  # since the last progress line
@@ -116,6 +148,13 @@ class FleetStats:
     def record_failure(self, exc: ControlPlaneError) -> None:
         self.heartbeats_failed += 1
         self.errors[exc.code if isinstance(exc, ApiError) else "unreachable"] += 1
+
+    def record_apply(self, result: ApplyResult) -> None:
+        if result.outcome == "applied":
+            self.bundles_applied += 1
+        elif result.outcome == "failed":
+            self.bundles_failed += 1
+            self.bundle_failures[result.reason or "unknown"] += 1
 
 
 class Simulation:
@@ -142,7 +181,9 @@ class Simulation:
         self.silent = set(order[:n_silent])
         self.unhealthy = set(order[n_silent : n_silent + n_unhealthy])
         self.node_ids: dict[str, str] = {}
+        self.active_bundles: dict[str, str | None] = {}  # node name → active bundle id
         self.limiter = asyncio.Semaphore(config.max_connections)
+        self.staging_root: Path | None = None  # a temporary directory while running
 
     def stop(self) -> None:
         self.stopping.set()
@@ -155,12 +196,12 @@ class Simulation:
         width = max(4, len(str(self.config.nodes - 1)))
         return f"{self.prefix}-{index:0{width}d}"
 
-    async def _register(self, index: int, client: NodeClient) -> bool:
+    async def _register(self, index: int, client: NodeClient) -> BundleApplier | None:
         cfg = self.config
         backoff = Backoff(base_s=0.5, cap_s=10.0)
         for attempt in range(REGISTER_ATTEMPTS):
             if self.stopping.is_set():
-                return False
+                return None
             try:
                 registration = await client.register(
                     cfg.project,
@@ -178,15 +219,35 @@ class Simulation:
                 if not exc.retryable:
                     self.stats.registration_failed += 1
                     self.stats.errors[f"register:{exc.code}"] += 1
-                    return False
+                    return None
             else:
                 self.node_ids[self.node_name(index)] = registration.node_id
                 self.stats.registered += 1
-                return True
+                return self._applier(client, registration.signing_keys)
             await self.pause(backoff.delay(attempt, self.random.random))
         self.stats.registration_failed += 1
         self.stats.errors["register:unreachable"] += 1
-        return False
+        return None
+
+    def _applier(self, client: NodeClient, keys: list[SigningKey]) -> BundleApplier:
+        cfg = self.config
+        assert self.staging_root is not None
+        driver = SimulatedDriver(
+            apply_time_s=cfg.apply_time_s,
+            failure_rate=cfg.apply_failure_rate,
+            random=random_module.Random(self.random.random()),
+            sleep=self.pause,
+        )
+        # Simulated nodes talk to development servers over plain http: key look-ups allowed.
+        return BundleApplier(
+            client,
+            driver,
+            keys=keys,
+            staging_root=self.staging_root,
+            project=cfg.project,
+            allow_key_refresh=True,
+            logger=node_log,
+        )
 
     async def run_node(self, index: int, http: httpx.AsyncClient, start_after: float) -> None:
         cfg = self.config
@@ -202,7 +263,8 @@ class Simulation:
             sleep=self.pause,
             limiter=self.limiter,
         )
-        if not await self._register(index, client):
+        applier = await self._register(index, client)
+        if applier is None:
             return
         if cfg.use_token:
             with contextlib.suppress(ControlPlaneError):
@@ -228,13 +290,19 @@ class Simulation:
             reading = await proxy.read()
             started = time.perf_counter()
             try:
-                await client.heartbeat(
-                    health=reading.health(), metrics=reading.metrics, version=SIM_VERSION
+                ack = await client.heartbeat(
+                    health=reading.health(),
+                    metrics=reading.metrics,
+                    version=SIM_VERSION,
+                    active_bundle_id=applier.active_bundle_id,
                 )
             except ControlPlaneError as exc:
                 self.stats.record_failure(exc)
             else:
                 self.stats.record_ok((time.perf_counter() - started) * 1000)
+                if ack.assigned_bundle_id not in (None, applier.active_bundle_id):
+                    self.stats.record_apply(await applier.apply_assigned(ack.assigned_bundle_id))
+                    self.active_bundles[self.node_name(index)] = applier.active_bundle_id
             next_at = max(next_at + interval, self.clock() + 1.0)
 
     def progress_line(self, window_s: float, recent_ok: int) -> str:
@@ -247,6 +315,7 @@ class Simulation:
             f"[{self.clock() - s.started:6.1f}s] nodes {s.registered}/{s.nodes} registered"
             f" · heartbeats ok {s.heartbeats_ok} failed {s.heartbeats_failed}"
             f" · {rate:.1f}/s · {lat}"
+            f" · bundles applied {s.bundles_applied} failed {s.bundles_failed}"
         )
 
     async def report_progress(self) -> None:
@@ -282,6 +351,9 @@ class Simulation:
             "silent_nodes": len(self.silent),
             "went_silent": s.went_silent,
             "unhealthy_nodes": len(self.unhealthy),
+            "bundles_applied": s.bundles_applied,
+            "bundles_failed": s.bundles_failed,
+            "bundle_failures": dict(s.bundle_failures),
             "duration_s": round(elapsed, 2),
             "heartbeats_per_s": round(s.heartbeats_ok / elapsed, 1),
             "latency_ms": {
@@ -301,6 +373,7 @@ class Simulation:
         )
         own = http is None
         http = http or httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0, pool=None))
+        self.staging_root = Path(tempfile.mkdtemp(prefix="sentinel-sim-"))
         tasks = [
             asyncio.create_task(self.run_node(i, http, stagger * i / cfg.nodes))
             for i in range(cfg.nodes)
@@ -322,6 +395,7 @@ class Simulation:
             await asyncio.gather(*tasks, return_exceptions=True)
             if own:
                 await http.aclose()
+            shutil.rmtree(self.staging_root, ignore_errors=True)
         return self.summary()
 
 
@@ -354,6 +428,12 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--stagger", type=float, help="spread starts over this many seconds")
     parser.add_argument("--no-token", action="store_true", help="send node keys, not JWTs")
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--apply-time", type=float, default=0.0, help="seconds a bundle activation takes"
+    )
+    parser.add_argument(
+        "--apply-failure-rate", type=float, default=0.0, help="share of activations that fail"
+    )
     return parser
 
 
@@ -375,6 +455,8 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         stagger_s=args.stagger,
         use_token=not args.no_token,
         seed=args.seed,
+        apply_time_s=args.apply_time,
+        apply_failure_rate=args.apply_failure_rate,
     )
 
 

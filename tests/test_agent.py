@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +18,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,15 +28,35 @@ from typing import Any
 import httpx
 import pytest
 from conftest import PASSWORD, ROOT, build_app, free_port
+from test_agent_bundle import (
+    GOOD_FILES,
+    PINNED,
+    FakeControlPlane,
+    StreamedBody,
+    build_archive,
+    fake_jwt,
+    make_applier,
+    sign,
+)
+from test_agent_bundle import PROJECT_ID as BUNDLE_PROJECT_ID
+from test_agent_bundle import proxy_config as bundle_proxy_config
 
 from agent import credentials as credentials_file
 from agent import simulator
+from agent.apply import ApplyResult
 from agent.cli import Agent, AgentOptions
 from agent.client import (
     Backoff,
     BadRequest,
+    BundleOffer,
+    BundleStatusAck,
+    Conflict,
+    ControlPlaneError,
+    DownloadRefused,
     NodeClient,
     NodeEvent,
+    NotModified,
+    NoUpdate,
     RateLimited,
     ServerError,
     SigningKey,
@@ -42,6 +65,7 @@ from agent.client import (
     parse_retry_after,
 )
 from agent.credentials import Credentials, InsecureCredentials
+from agent.drivers import FileDriver, SimulatedDriver
 from agent.proxy import (
     PrometheusProxy,
     SimulatedProxy,
@@ -392,14 +416,353 @@ async def test_running_config_report_returns_the_hash() -> None:
     assert ack.config_hash == "ab" * 32
 
 
-async def test_bundle_methods_are_slots_for_the_bundles_issue() -> None:
-    client = make_client(heartbeat_ok)
-    with pytest.raises(NotImplementedError, match="arrives with bundles"):
-        await client.poll_bundle()
-    with pytest.raises(NotImplementedError, match="arrives with bundles"):
-        await client.download_bundle("0" * 64, Path("x"))
-    with pytest.raises(NotImplementedError, match="arrives with bundles"):
-        await client.report_bundle_status("0" * 64, "staged")
+# --- bundles: poll, download, status -------------------------------------------------------
+
+
+def _offer_json(bundle_id: str = "ab" * 32) -> dict[str, Any]:
+    return {
+        "bundle_id": bundle_id,
+        "version": "v42",
+        "checksum": bundle_id,
+        "size_bytes": 18231,
+        "download_url": f"{BASE}/api/v1/nodes/{NODE_ID}/bundles/{bundle_id}/download",
+        "signature": "c2ln",
+        "signing_key_id": "kid_1",
+        "rollout_id": "r-1",
+        "poll_after_s": 15,
+    }
+
+
+async def test_poll_sends_the_etag_and_returns_not_modified_on_304() -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == f"/api/v1/nodes/{NODE_ID}/bundles/latest"
+        seen.append(request.headers.get("if-none-match"))
+        return httpx.Response(304)
+
+    result = await make_client(handler).poll_bundle(etag='"e1"')
+    assert result == NotModified('"e1"')
+    assert seen == ['"e1"']
+
+
+async def test_poll_returns_no_update_with_the_poll_interval() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert "if-none-match" not in request.headers
+        return httpx.Response(
+            200, json={"no_update": True, "poll_after_s": 45}, headers={"ETag": '"e2"'}
+        )
+
+    assert await make_client(handler).poll_bundle() == NoUpdate(poll_after_s=45, etag='"e2"')
+
+
+async def test_poll_returns_an_offer_with_its_etag() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=_offer_json(), headers={"ETag": '"e3"'})
+
+    offer = await make_client(handler).poll_bundle()
+    assert isinstance(offer, BundleOffer)
+    assert (offer.bundle_id, offer.checksum, offer.size_bytes) == ("ab" * 32, "ab" * 32, 18231)
+    assert (offer.signing_key_id, offer.rollout_id, offer.version) == ("kid_1", "r-1", "v42")
+    assert (offer.poll_after_s, offer.etag) == (15, '"e3"')
+
+
+async def test_a_malformed_offer_is_a_control_plane_error_not_a_crash() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**_offer_json(), "bundle_id": "../../etc"})
+
+    with pytest.raises(ControlPlaneError, match="malformed poll answer"):
+        await make_client(handler).poll_bundle()
+
+
+@pytest.mark.parametrize("use_token", [False, True])
+async def test_download_follows_a_redirect_without_sending_credentials_to_the_storage_host(
+    use_token: bool,
+) -> None:
+    archive = b"zstd bytes"
+    seen: list[tuple[str, dict[str, str]]] = []
+    presigned = "https://storage.test/bundles/p/b.tar.zst?X-Amz-Signature=s3cr3t"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return token_ok("jwt-1")
+        seen.append((request.url.host, dict(request.headers)))
+        if request.url.host == "cp.test":
+            return httpx.Response(302, headers={"Location": presigned})
+        return httpx.Response(200, stream=StreamedBody(archive))
+
+    client = make_client(handler, use_token=use_token)
+    data = await client.download_bundle("ab" * 32, url=_offer_json()["download_url"])
+    assert data == archive
+    assert [host for host, _ in seen] == ["cp.test", "storage.test"]
+    (_, control_plane), (_, storage) = seen
+    assert ("authorization" in control_plane) == use_token
+    assert ("x-sentinel-node-key" in control_plane) != use_token
+    assert "authorization" not in storage
+    assert "x-sentinel-node-key" not in storage
+
+
+async def test_download_goes_to_the_configured_control_plane_not_a_foreign_download_url() -> None:
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return httpx.Response(200, stream=StreamedBody(b"x"))
+
+    await make_client(handler).download_bundle("ab" * 32, url="http://elsewhere.test/steal")
+    assert hosts == ["cp.test"]
+
+
+async def test_download_stops_at_the_size_cap_even_without_a_content_length() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=StreamedBody(bytes(300 * 1024), chunk=4096))
+
+    with pytest.raises(DownloadRefused, match=r"larger than 66560 bytes"):
+        await make_client(handler).download_bundle("ab" * 32, size_bytes=1024)
+
+
+async def test_download_retries_a_server_error_then_succeeds() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(503, json={"error": "down", "code": "unavailable"})
+        return httpx.Response(200, stream=StreamedBody(b"archive"))
+
+    sleep = Recorder()
+    assert await make_client(handler, sleep=sleep).download_bundle("ab" * 32) == b"archive"
+    assert calls == 2 and len(sleep.delays) == 1
+
+
+async def test_download_gives_up_after_too_many_redirects() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": "https://storage.test/again"})
+
+    with pytest.raises(DownloadRefused, match="more than 3 redirects"):
+        await make_client(handler).download_bundle("ab" * 32)
+
+
+async def test_status_report_posts_the_reason_and_the_tail_of_long_logs() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == f"/api/v1/nodes/{NODE_ID}/bundles/{'ab' * 32}/failed"
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={"status": "ok", "state": "failed"})
+
+    logs = "x" * 40_000 + "the actual error\n"
+    ack = await make_client(handler).report_bundle_status(
+        "ab" * 32, "failed", reason="config test failed (exit 1)", logs=logs
+    )
+    assert ack == BundleStatusAck("failed")
+    assert bodies[0]["reason"] == "config test failed (exit 1)"
+    assert len(bodies[0]["logs"].encode()) <= 32 * 1024
+    assert bodies[0]["logs"].endswith("the actual error\n")
+
+
+async def test_a_backward_status_report_raises_conflict() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            409, json={"error": "verified → staged", "code": "invalid_transition"}
+        )
+
+    with pytest.raises(Conflict) as caught:
+        await make_client(handler).report_bundle_status("ab" * 32, "staged")
+    assert caught.value.code == "invalid_transition"
+    with pytest.raises(ValueError, match="unknown bundle state"):
+        await make_client(handler).report_bundle_status("ab" * 32, "deployed")
+
+
+# --- bundles: the whole flow ----------------------------------------------------------------
+
+
+async def test_applying_a_bundle_reports_downloaded_staged_activated_verified_in_order(
+    tmp_path: Path,
+) -> None:
+    cp = FakeControlPlane()
+    bundle_id = cp.publish(build_archive())
+    applier, config_dir = make_applier(cp, tmp_path)
+
+    result = await applier.apply_assigned(bundle_id)
+
+    assert result == ApplyResult("applied", bundle_id)
+    assert cp.states() == ["downloaded", "staged", "activated", "verified"]
+    assert {b for b, _, _ in cp.reports} == {bundle_id}
+    assert applier.active_bundle_id == bundle_id
+    assert applier.project_id == BUNDLE_PROJECT_ID  # learned from the node token
+    assert (config_dir / "sentinel.kdl").read_bytes() == GOOD_FILES["sentinel.kdl"]
+    assert (config_dir / "routes" / "api.kdl").read_bytes() == GOOD_FILES["routes/api.kdl"]
+    assert list((tmp_path / "state" / "staging").iterdir()) == []
+    assert await applier.apply_assigned(bundle_id) == ApplyResult("up_to_date", bundle_id)
+
+
+async def test_a_failed_health_check_after_activation_rolls_back_and_reports_failed(
+    tmp_path: Path,
+) -> None:
+    cp = FakeControlPlane()
+    bundle_id = cp.publish(build_archive())
+    applier, _ = make_applier(cp, tmp_path)
+    applier.driver = SimulatedDriver(failure_rate=1.0)
+
+    result = await applier.apply_assigned(bundle_id)
+
+    assert result == ApplyResult("failed", bundle_id, "simulated health check failure")
+    assert cp.states() == ["downloaded", "staged", "activated", "failed"]
+    assert cp.reasons() == ["simulated health check failure"]
+    assert applier.driver.rollbacks == 1
+    assert applier.active_bundle_id is None
+
+
+async def test_an_unreachable_control_plane_defers_the_bundle_without_reporting(
+    tmp_path: Path,
+) -> None:
+    cp = FakeControlPlane()
+    bundle_id = cp.publish(build_archive())
+    applier, config_dir = make_applier(cp, tmp_path)
+    before = (config_dir / "sentinel.kdl").read_text()
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    applier.client.http = httpx.AsyncClient(transport=httpx.MockTransport(down))
+    result = await applier.apply_assigned(bundle_id)
+    assert result.outcome == "deferred"
+    assert (config_dir / "sentinel.kdl").read_text() == before
+    assert bundle_id not in applier.failed_bundles  # tried again on a later heartbeat
+
+
+async def test_a_304_poll_reuses_the_offer_it_answered_before(tmp_path: Path) -> None:
+    cp = FakeControlPlane()
+    bundle_id = cp.publish(build_archive())
+    applier, _ = make_applier(cp, tmp_path)
+    real_download = applier.client.download_bundle
+    attempts = 0
+
+    async def flaky_download(*args: Any, **kwargs: Any) -> bytes:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise Unreachable("storage hiccup")
+        return await real_download(*args, **kwargs)
+
+    applier.client.download_bundle = flaky_download  # type: ignore[method-assign]
+    assert (await applier.apply_assigned(bundle_id)).outcome == "deferred"
+    assert (await applier.apply_assigned(bundle_id)).outcome == "applied"
+    polls = [r for r in cp.requests if r.url.path.endswith("/latest")]
+    assert [p.headers.get("if-none-match") for p in polls] == [None, cp.etag]
+
+
+# --- bundles: the agent loop ----------------------------------------------------------------
+
+
+def _bundle_agent(
+    cp: FakeControlPlane, tmp_path: Path, *, with_driver: bool = True
+) -> tuple[Agent, Path]:
+    path = tmp_path / "agent" / "node.json"
+    credentials_file.save(
+        path, Credentials(**{**sample_credentials().__dict__, "signing_keys": PINNED})
+    )
+    config_dir = bundle_proxy_config(tmp_path)
+    client = NodeClient(
+        BASE,
+        http=httpx.AsyncClient(transport=httpx.MockTransport(cp)),
+        use_token=False,
+        sleep=Recorder(),
+        random=lambda: 0.0,
+    )
+    options = AgentOptions(
+        url=BASE, project="default", name="edge-1", credentials_path=path,
+        heartbeat_interval_s=0.0,
+    )  # fmt: skip
+    from agent.proxy import NoProxy
+
+    driver = FileDriver(config_dir) if with_driver else None
+    return Agent(options, client, NoProxy(), driver=driver, random=lambda: 0.0), config_dir
+
+
+async def test_the_agent_applies_the_assigned_bundle_and_its_next_heartbeat_carries_it(
+    tmp_path: Path,
+) -> None:
+    cp = FakeControlPlane()
+    bundle_id = cp.publish(build_archive())
+    agent, config_dir = _bundle_agent(cp, tmp_path)
+    cp.on_heartbeat = lambda body: body.get("active_bundle_id") == bundle_id and agent.stop()
+
+    assert await asyncio.wait_for(agent.run(), timeout=10) == 0
+
+    assert [h["active_bundle_id"] for h in cp.heartbeats] == [None, bundle_id]
+    assert cp.states() == ["downloaded", "staged", "activated", "verified"]
+    assert (config_dir / "sentinel.kdl").read_bytes() == GOOD_FILES["sentinel.kdl"]
+    state = credentials_file.load_state(agent.options.state_path)
+    assert state.active_bundle_id == bundle_id
+
+
+async def test_a_restarted_agent_resumes_from_its_saved_bundle_without_applying_again(
+    tmp_path: Path,
+) -> None:
+    cp = FakeControlPlane()
+    bundle_id = cp.publish(build_archive())
+    first, _ = _bundle_agent(cp, tmp_path)
+    cp.on_heartbeat = lambda body: body.get("active_bundle_id") == bundle_id and first.stop()
+    await asyncio.wait_for(first.run(), timeout=10)
+    cp.reports.clear()
+    cp.heartbeats.clear()
+
+    again = Agent(first.options, first.client, first.proxy, driver=FileDriver(tmp_path / "x"))
+    cp.on_heartbeat = lambda body: len(cp.heartbeats) >= 2 and again.stop()
+    await asyncio.wait_for(again.run(), timeout=10)
+    assert [h["active_bundle_id"] for h in cp.heartbeats] == [bundle_id, bundle_id]
+    assert cp.reports == []
+
+
+async def test_an_agent_without_a_config_dir_leaves_bundles_alone(tmp_path: Path) -> None:
+    cp = FakeControlPlane()
+    cp.publish(build_archive())
+    agent, _ = _bundle_agent(cp, tmp_path, with_driver=False)
+    cp.on_heartbeat = lambda body: len(cp.heartbeats) >= 2 and agent.stop()
+    await asyncio.wait_for(agent.run(), timeout=10)
+    assert all("active_bundle_id" not in h for h in cp.heartbeats)
+    assert cp.paths().count("latest") == 0 and cp.reports == []
+
+
+def test_bundle_options_without_a_config_dir_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agent.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--url", BASE, "--project", "p", "--name", "n", "--credentials", "/nonexistent",
+              "--pid-file", "/run/sentinel.pid"])  # fmt: skip
+    assert caught.value.code == 2
+    assert "--pid-file need --config-dir" in capsys.readouterr().err
+
+
+def test_the_file_driver_is_built_from_the_bundle_options(tmp_path: Path) -> None:
+    from agent.cli import build_parser, driver_from_args
+
+    args = build_parser().parse_args(
+        [
+            *("--url", BASE, "--project", "p", "--name", "n", "--credentials", "c.json"),
+            *("--config-dir", str(tmp_path / "etc"), "--pid-file", "/run/s.pid"),
+            *("--test-command", "sentinel test -c {config}", "--health-url", "http://h/health"),
+            *("--health-timeout", "3", "--state-dir", str(tmp_path / "state")),
+        ]
+    )
+    driver = driver_from_args(args)
+    assert isinstance(driver, FileDriver)
+    assert (driver.config_dir, driver.pid_file) == (tmp_path / "etc", Path("/run/s.pid"))
+    assert (driver.test_command, driver.health_url) == (
+        "sentinel test -c {config}",
+        "http://h/health",
+    )
+    assert driver.health_timeout_s == 3.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["--url", BASE, "--project", "p", "--name", "n", "--credentials", "c",
+             "--pid-file", "a", "--reload-command", "b"]
+        )  # fmt: skip
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -697,14 +1060,98 @@ def test_simulate_command_parses_every_knob() -> None:
             *("--nodes", "7", "--heartbeat-interval", "2", "--duration", "9"),
             *("--unhealthy-share", "0.1", "--silent-share", "0.2", "--failure-rate", "0.3"),
             *("--labels", "zone=a,zone=b"),
+            *("--apply-time", "1.5", "--apply-failure-rate", "0.25"),
         ]
     )
     config = simulator.config_from_args(args)
     assert (config.nodes, config.heartbeat_interval_s, config.duration_s) == (7, 2.0, 9.0)
     assert (config.unhealthy_share, config.silent_share, config.failure_rate) == (0.1, 0.2, 0.3)
     assert config.labels == {"zone": ["a", "b"]}
+    assert (config.apply_time_s, config.apply_failure_rate) == (1.5, 0.25)
     with pytest.raises(ValueError, match="between 0 and 1"):
         simulator.SimulationConfig(url="u", project="p", nodes=1, silent_share=1.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        simulator.SimulationConfig(url="u", project="p", nodes=1, apply_failure_rate=2.0)
+
+
+class FleetControlPlane:
+    """A fake control plane for many simulated nodes: all are assigned one signed bundle."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = nodes
+        self.archive = build_archive()
+        self.bundle_id = hashlib.sha256(self.archive).hexdigest()
+        self.final: dict[str, str] = {}  # node id → verified / failed
+        self.heartbeats: dict[str, list[Any]] = {}  # node id → active ids sent
+        self.simulation: simulator.Simulation | None = None
+
+    def settled(self) -> bool:
+        """Every node finished the bundle, and each that applied it said so in a heartbeat."""
+        return len(self.final) == self.nodes and all(
+            self.bundle_id in self.heartbeats[node]
+            for node, state in self.final.items()
+            if state == "verified"
+        )
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.split("/")
+        if request.url.path.endswith("/nodes/register"):
+            node_id = str(uuid.uuid4())
+            return httpx.Response(
+                201,
+                json={"node_id": node_id, "node_key": "nk_" + "s" * 43, "poll_interval_s": 1,
+                      "heartbeat_interval_s": 1, "signing_keys": [k.to_json() for k in PINNED]},
+            )  # fmt: skip
+        node_id = parts[4]
+        if parts[-1] == "token":
+            return token_ok(fake_jwt(BUNDLE_PROJECT_ID))
+        if parts[-1] == "heartbeat":
+            sent = json.loads(request.content)["active_bundle_id"]
+            self.heartbeats.setdefault(node_id, []).append(sent)
+            if self.settled() and self.simulation is not None:
+                self.simulation.stop()
+            return httpx.Response(
+                200,
+                json={"status": "ok", "node_id": node_id, "poll_after_s": 1,
+                      "assigned_bundle_id": self.bundle_id},
+            )  # fmt: skip
+        if parts[-1] == "latest":
+            return httpx.Response(
+                200,
+                json={"bundle_id": self.bundle_id, "checksum": self.bundle_id,
+                      "size_bytes": len(self.archive), "signature": sign(self.archive),
+                      "signing_key_id": PINNED[0].kid, "version": "v1", "poll_after_s": 1},
+                headers={"ETag": '"e"'},
+            )  # fmt: skip
+        if parts[-1] == "download":
+            return httpx.Response(200, stream=StreamedBody(self.archive))
+        state = parts[-1]
+        if state in ("verified", "failed"):
+            self.final[node_id] = state
+        return httpx.Response(200, json={"status": "ok", "state": state})
+
+
+async def test_simulated_nodes_apply_the_assigned_bundle_and_heartbeat_it() -> None:
+    fleet = FleetControlPlane(nodes=6)
+    config = simulator.SimulationConfig(
+        url=BASE, project="default", nodes=6, heartbeat_interval_s=1.0, stagger_s=0.0,
+        apply_failure_rate=0.5, use_token=False, seed=3, progress=False,
+    )  # fmt: skip
+    run = simulator.Simulation(config)
+    fleet.simulation = run
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fleet))
+    summary = await asyncio.wait_for(run.run(http=http), timeout=20)
+
+    outcomes = Counter(fleet.final.values())
+    assert summary["bundles_applied"] == outcomes["verified"]
+    assert summary["bundles_failed"] == outcomes["failed"]
+    assert summary["bundles_applied"] + summary["bundles_failed"] == 6
+    assert set(summary["bundle_failures"]) <= {"simulated health check failure"}
+    for node, state in fleet.final.items():
+        expected = fleet.bundle_id if state == "verified" else None
+        assert fleet.heartbeats[node][0] is None
+        assert fleet.heartbeats[node][-1] == expected
+    assert "bundles applied" in run.progress_line(1.0, 0)
 
 
 # --- agent loop (unit) ----------------------------------------------------------------------
