@@ -24,7 +24,7 @@ from flask_migrate import Migrate
 
 from blueprints import register_blueprints
 from blueprints.errors import error_response, register_error_handlers
-from sentinel_cp import accounts, broker, metrics, signing, storage
+from sentinel_cp import accounts, broker, jobqueue, metrics, signing, storage
 from sentinel_cp.config import Settings, load_settings
 from sentinel_cp.db import db
 from sentinel_cp.logs import configure_logging, request_id
@@ -95,6 +95,9 @@ def create_app(
         time_cost=app.config["ARGON2_TIME_COST"], memory_cost=app.config["ARGON2_MEMORY_COST"]
     )
     app.extensions["sentinel_storage"] = storage.from_settings(settings)
+    from jobs.queue import enqueue
+
+    jobqueue.configure(enqueue)
     _import_models()
     register_error_handlers(app)
     register_blueprints(app)
@@ -105,6 +108,7 @@ def create_app(
 def _import_models() -> None:
     """Every model module, so metadata (and Alembic autogenerate) sees all tables."""
     from sentinel_cp import accounts, audit, nodes, projects, signing  # noqa: F401
+    from sentinel_cp.bundles import models  # noqa: F401
 
 
 @login_manager.user_loader

@@ -113,18 +113,15 @@ class BundleApplier:
         from the active bundle."""
         if assigned_bundle_id is None or assigned_bundle_id == self.active_bundle_id:
             return ApplyResult("up_to_date", self.active_bundle_id)
-        if assigned_bundle_id in self.failed_bundles:
-            return ApplyResult(
-                "skipped", assigned_bundle_id, self.failed_bundles[assigned_bundle_id]
-            )
         try:
             offer = await self._poll()
         except ControlPlaneError as exc:
             return ApplyResult("deferred", assigned_bundle_id, f"poll: {exc}")
         if offer is None or offer.bundle_id == self.active_bundle_id:
             return ApplyResult("up_to_date", self.active_bundle_id)
-        if offer.bundle_id in self.failed_bundles:
-            return ApplyResult("skipped", offer.bundle_id, self.failed_bundles[offer.bundle_id])
+        failed = self.failed_bundles.get(_failure_key(offer))
+        if failed is not None:
+            return ApplyResult("skipped", offer.bundle_id, failed)
         return await self.apply_offer(offer)
 
     async def apply_offer(self, offer: BundleOffer) -> ApplyResult:
@@ -247,7 +244,7 @@ class BundleApplier:
         self, offer: BundleOffer, reason: str, *, logs: str | None = None
     ) -> ApplyResult:
         self.log.warning("bundle %s failed: %s", offer.bundle_id[:12], reason)
-        self.failed_bundles[offer.bundle_id] = reason
+        self.failed_bundles[_failure_key(offer)] = reason
         while len(self.failed_bundles) > MAX_REMEMBERED_FAILURES:
             self.failed_bundles.pop(next(iter(self.failed_bundles)))
         await self._report(offer, "failed", reason=reason, logs=logs)
@@ -264,3 +261,9 @@ class BundleApplier:
             )
         except ControlPlaneError as exc:
             self.log.warning("bundle %s: could not report %s: %s", offer.bundle_id[:12], state, exc)
+
+
+def _failure_key(offer: BundleOffer) -> str:
+    """A failure is remembered per assignment: the same bundle offered again by a later
+    rollout is tried again; within one rollout it is not downloaded over and over."""
+    return f"{offer.bundle_id}@{offer.rollout_id or '-'}"

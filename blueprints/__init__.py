@@ -9,8 +9,10 @@ def register_blueprints(app: Flask) -> None:
     from blueprints import (
         api_keys,
         audit,
+        bundles,
         health,
         node_api,
+        node_bundles,
         nodes,
         openapi,
         projects,
@@ -18,5 +20,17 @@ def register_blueprints(app: Flask) -> None:
         users,
     )
 
-    for module in (health, openapi, session, users, api_keys, projects, audit, node_api, nodes):
+    for module in (
+        health,
+        openapi,
+        session,
+        users,
+        api_keys,
+        projects,
+        audit,
+        node_api,
+        node_bundles,
+        nodes,
+        bundles,
+    ):
         app.register_blueprint(module.bp)

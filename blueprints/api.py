@@ -56,6 +56,7 @@ class RouteSpec:
     responses: dict[int, str] = field(default_factory=dict)
     produces: str = "application/json"
     tags: tuple[str, ...] = ()
+    multipart: bool = False
 
 
 REGISTRY: dict[str, RouteSpec] = {}
@@ -179,12 +180,15 @@ def route(
     produces: str = "application/json",
     max_body: int | None = None,
     hot: bool = False,
+    multipart: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a view with declared input/output; see the module docstring.
 
     `auth_mode` is `operator` (API key or session, plus `scope`), `node` (node key or JWT
     whose node must be the `node_id` in the path) or `public`. `max_body` lowers the
-    app-wide body limit for this route. `hot` (node routes) authenticates on the autocommit
+    app-wide body limit for this route (or raises it, for uploads). `multipart` lets a
+    `multipart/form-data` request through to the view with `body=None` (the view reads
+    `request.files`). `hot` (node routes) authenticates on the autocommit
     hot-path connection, for the endpoints every node calls all the time.
     """
 
@@ -201,8 +205,11 @@ def route(
                         "Query strings must not contain NUL characters",
                         fields={f"query.{name}": ["contains a NUL character"]},
                     )
-            if max_body is not None and len(request.get_data(cache=True)) > max_body:
-                raise PayloadTooLarge(max_body)
+            is_form = multipart and request.mimetype == "multipart/form-data"
+            if max_body is not None:
+                request.max_content_length = max_body
+                if not is_form and len(request.get_data(cache=True)) > max_body:
+                    raise PayloadTooLarge(max_body)
             if auth_mode == "operator":
                 principal = auth.require_principal()
                 if scope is not None:
@@ -212,7 +219,9 @@ def route(
                 from blueprints import node_auth  # imports ids, which imports this module
 
                 kwargs["node"] = node_auth.require_node(kwargs.pop("node_id"), hot=hot)
-            if body is not None:
+            if is_form:
+                kwargs["body"] = None
+            elif body is not None:
                 kwargs["body"] = parse_json_body(body)
             elif method in ("POST", "PUT", "PATCH") and request.get_data(cache=True):
                 # An action endpoint takes no body; tolerate `{}` but nothing malformed.
@@ -240,6 +249,7 @@ def route(
             responses=responses or {},
             produces=produces,
             tags=(bp.name,),
+            multipart=multipart,
         )
         bp.add_url_rule(rule, view.__name__, wrapper, methods=[method])
         return wrapper

@@ -117,6 +117,22 @@ def build_document(app: Flask) -> dict[str, Any]:
                 "required": False,
                 "content": {"application/json": {"schema": ref(spec.body, "validation")}},
             }
+        if spec.multipart:
+            operation["requestBody"]["content"]["multipart/form-data"] = {
+                "schema": {
+                    "type": "object",
+                    "required": ["version", "files"],
+                    "properties": {
+                        "version": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "`.kdl` files (paths in their filenames) "
+                            "or one `.tar.gz`",
+                        },
+                    },
+                }
+            }
         paths.setdefault(_path(rule.rule), {})[spec.method.lower()] = operation
 
     return {

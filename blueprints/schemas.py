@@ -501,3 +501,170 @@ class GroupOut(Out):
 
 class GroupListOut(Out):
     items: list[GroupOut]
+
+
+# --- bundles --------------------------------------------------------------------------------
+
+BundleVersion = Annotated[str, Field(min_length=1, max_length=64)]
+SourceText = Annotated[str, Field(max_length=1024 * 1024)]
+
+
+class BundleFilesIn(Body):
+    """Multi-file submission: `{path: KDL text}` with `sentinel.kdl` as the entry point."""
+
+    version: BundleVersion
+    files: dict[Annotated[str, Field(max_length=255)], SourceText] = Field(max_length=256)
+
+
+class BundleSourceIn(Body):
+    """Single-file submission, compatible with the peer control plane's API."""
+
+    version: BundleVersion
+    config_source: SourceText
+
+
+class BundleSubmitIn(RootModel[BundleFilesIn | BundleSourceIn]):
+    """JSON body; `multipart/form-data` (a `version` field plus `.kdl` files or one `.tar.gz`)
+    is accepted too."""
+
+
+class BundleValidateFilesIn(Body):
+    files: dict[Annotated[str, Field(max_length=255)], SourceText] = Field(max_length=256)
+
+
+class BundleValidateSourceIn(Body):
+    config_source: SourceText
+
+
+class BundleValidateIn(RootModel[BundleValidateFilesIn | BundleValidateSourceIn]):
+    pass
+
+
+class DiagnosticOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    severity: str
+    code: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+
+class BundleOut(Out):
+    id: str
+    version: str
+    status: Literal["pending", "compiling", "compiled", "failed", "revoked"]
+    checksum: str
+    size_bytes: int
+    config_sha256: str
+    risk_level: Literal["low", "medium", "high"] | None
+    risk_reasons: list[str]
+    errors: list[DiagnosticOut]
+    warnings: list[DiagnosticOut]
+    signed: bool
+    signing_key_id: str | None
+    parent_bundle_id: str | None
+    diff_summary: dict[str, Any] | None
+    source_type: str
+    source_ref: str | None
+    created_by: str | None
+    created_at: datetime
+    compiled_at: datetime | None
+    revoked_at: datetime | None
+    revoke_reason: str | None
+    artifact_deleted_at: datetime | None
+    files: list[str]
+    existing: bool
+
+
+class BundleDetailOut(BundleOut):
+    manifest: dict[str, Any]
+    output: dict[str, Any]
+
+
+class BundleQuery(PageQuery):
+    status: Literal["pending", "compiling", "compiled", "failed", "revoked"] | None = None
+
+
+class ValidationOut(Out):
+    valid: bool
+    stage: str | None
+    errors: list[DiagnosticOut]
+    warnings: list[DiagnosticOut]
+    node_warnings: list[DiagnosticOut]
+    report: str
+    files: list[str]
+    external: dict[str, Any] | None
+
+
+class BundleVerifyOut(Out):
+    verified: bool
+    signed: bool
+    signature_valid: bool
+    key_id: str | None
+    key_state: str | None
+    checksum_valid: bool
+    artifact_present: bool
+
+
+class BundleDiffQuery(Query):
+    against: BundleId
+
+
+class FileDiffOut(Out):
+    path: str
+    status: Literal["added", "removed", "changed"]
+    diff: str
+
+
+class BundleDiffOut(Out):
+    bundle_id: str
+    against: str
+    files: list[FileDiffOut]
+    summary: dict[str, Any]
+    risk_level: Literal["low", "medium", "high"]
+    risk_reasons: list[str]
+
+
+class BundleRevokeIn(Body):
+    reason: str | None = Field(None, max_length=500)
+
+
+class BundleStatusReportIn(Body):
+    reason: str | None = Field(None, max_length=1000)
+    logs: str | None = Field(None, max_length=32 * 1024)
+
+
+class BundleStatusReportOut(Out):
+    status: Literal["ok"]
+    state: str
+
+
+class BundleOfferOut(Out):
+    bundle_id: str
+    version: str
+    checksum: str
+    size_bytes: int
+    download_url: str
+    signature: str
+    signing_key_id: str | None
+    project_id: str
+    rollout_id: str | None
+    poll_after_s: int
+
+
+class NoUpdateOut(Out):
+    no_update: Literal[True]
+    poll_after_s: int
+
+
+class PollOut(RootModel[BundleOfferOut | NoUpdateOut]):
+    pass
+
+
+class GcOut(Out):
+    dry_run: bool
+    bundles: list[dict[str, Any]]
+    bytes: int
+    objects_deleted: int | None = None

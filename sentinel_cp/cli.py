@@ -104,6 +104,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result.valid else 1
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Delete unreferenced old bundle artifacts (or, with --dry-run, list them)."""
+    from sentinel_cp.bundles import gc
+
+    app = _app()
+    with app.app_context():
+        result = gc.collect(dry_run=args.dry_run)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_openapi(_args: argparse.Namespace) -> int:
     """Print the OpenAPI document (docs/openapi.json is this output, checked by a test)."""
     from blueprints.openapi import build_document
@@ -131,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     create_user = commands.add_parser("create-user", help="create a user; password on stdin")
     create_user.add_argument("--email", required=True)
     create_user.add_argument("--role", choices=("admin", "operator", "reader"), default="reader")
+    gc_parser = commands.add_parser("gc", help="garbage-collect old bundle artifacts")
+    gc_parser.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     audit_parser = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="verify a hash chain")
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         "validate": cmd_validate,
         "simulate": simulator.cli_main,
         "audit": cmd_audit_verify,
+        "gc": cmd_gc,
     }
     try:
         code = handlers[args.command](args)

@@ -41,3 +41,20 @@ NODES = Gauge(
     ["status"],
     registry=REGISTRY,
 )
+NODE_POLLS = Counter(
+    "sentinel_node_polls_total",
+    "Bundle polls answered by this process, by status (200 or 304)",
+    ["status"],
+    registry=REGISTRY,
+)
+BUNDLE_COMPILES = Counter(
+    "sentinel_bundle_compiles_total",
+    "Compile jobs finished by this process, by outcome",
+    ["outcome"],
+    registry=REGISTRY,
+)
+COMPILE_SECONDS = Histogram(
+    "sentinel_bundle_compile_seconds",
+    "Wall time of compile jobs",
+    registry=REGISTRY,
+)

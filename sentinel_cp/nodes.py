@@ -44,6 +44,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from sentinel_cp import audit, events, signing
 from sentinel_cp.audit import Actor
+from sentinel_cp.bundles.models import Bundle
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
 from sentinel_cp.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
 from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
@@ -94,6 +95,7 @@ class Node(db.Model):  # type: ignore[name-defined]
     active_bundle_id: Mapped[str | None] = mapped_column(String(64))
     staged_bundle_id: Mapped[str | None] = mapped_column(String(64))
     assigned_bundle_id: Mapped[str | None] = mapped_column(String(64))
+    assigned_rollout_id: Mapped[uuid.UUID | None] = mapped_column()
     expected_bundle_id: Mapped[str | None] = mapped_column(String(64))
     health: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
@@ -250,6 +252,18 @@ class NodeIdentity:
     last_sampled_at: datetime | None
     health: dict[str, Any]
     metrics: dict[str, Any]
+    assigned_rollout_id: uuid.UUID | None = None
+    # The assigned bundle's row (id, version, status, size_bytes, signature, signing_key_id,
+    # artifact_deleted_at), read in the same statement so a poll costs one indexed read.
+    assigned: dict[str, Any] | None = None
+
+    @property
+    def offered_bundle_id(self) -> str | None:
+        """The assigned bundle when a node may fetch it now (compiled, signed, not collected)."""
+        bundle = self.assigned
+        if bundle is None or bundle["status"] != "compiled" or bundle["signature"] is None:
+            return None
+        return None if bundle["artifact_deleted_at"] is not None else str(bundle["id"])
 
 
 _IDENTITY_COLUMNS = tuple(
@@ -266,6 +280,20 @@ _IDENTITY_COLUMNS = tuple(
         "last_sampled_at",
         "health",
         "metrics",
+        "assigned_rollout_id",
+    )
+)
+_BUNDLES = Bundle.__table__
+_ASSIGNED_COLUMNS = tuple(
+    _BUNDLES.c[name].label(f"assigned_{name}")
+    for name in (
+        "id",
+        "version",
+        "status",
+        "size_bytes",
+        "signature",
+        "signing_key_id",
+        "artifact_deleted_at",
     )
 )
 # Built once: the credential lookup runs on every node request, and constructing a statement
@@ -273,8 +301,9 @@ _IDENTITY_COLUMNS = tuple(
 _NODES = Node.__table__
 _PROJECTS = Project.__table__
 _KEY_LOOKUP = (
-    select(*_IDENTITY_COLUMNS, _NODES.c.key_hash, _PROJECTS.c.settings)
+    select(*_IDENTITY_COLUMNS, *_ASSIGNED_COLUMNS, _NODES.c.key_hash, _PROJECTS.c.settings)
     .join(_PROJECTS, _PROJECTS.c.id == _NODES.c.project_id)
+    .outerjoin(_BUNDLES, _BUNDLES.c.id == _NODES.c.assigned_bundle_id)
     .where(_NODES.c.key_hash == bindparam("digest"))
 )
 
@@ -293,7 +322,11 @@ class NodeContext:
 
 
 def _identity(row: Any) -> NodeIdentity:
-    return NodeIdentity(*row[: len(_IDENTITY_COLUMNS)])
+    values = row._mapping
+    assigned = None
+    if values["assigned_id"] is not None:
+        assigned = {c.name[len("assigned_") :]: values[c.name] for c in _ASSIGNED_COLUMNS}
+    return NodeIdentity(**{c.name: values[c.name] for c in _IDENTITY_COLUMNS}, assigned=assigned)
 
 
 def authenticate_key(raw: str, connection: Connection | None = None) -> NodeContext:
@@ -317,24 +350,22 @@ def authenticate_token(
         node_id = uuid.UUID(subject)
     except ValueError:
         raise Unauthorized("Token subject is not a node", code="invalid_token") from None
+    keys = signing.SigningKey.__table__
     row = (
         (connection or db.session.connection())
         .execute(
             select(
                 *_IDENTITY_COLUMNS,
-                Node.key_hash,
-                Project.settings,
-                signing.SigningKey.public_key,
-                signing.SigningKey.state,
+                *_ASSIGNED_COLUMNS,
+                _NODES.c.key_hash,
+                _PROJECTS.c.settings,
+                keys.c.public_key,
+                keys.c.state,
             )
-            .join(Project, Project.id == Node.project_id)
-            .join(
-                signing.SigningKey,
-                and_(
-                    signing.SigningKey.project_id == Node.project_id, signing.SigningKey.kid == kid
-                ),
-            )
-            .where(Node.id == node_id)
+            .join(_PROJECTS, _PROJECTS.c.id == _NODES.c.project_id)
+            .join(keys, and_(keys.c.project_id == _NODES.c.project_id, keys.c.kid == kid))
+            .outerjoin(_BUNDLES, _BUNDLES.c.id == _NODES.c.assigned_bundle_id)
+            .where(_NODES.c.id == node_id)
         )
         .first()
     )
@@ -531,7 +562,7 @@ def record_heartbeat(
         "node_id": str(node.id),
         "last_seen_at": now.isoformat(),
         "poll_after_s": ctx.settings.poll_interval_s,
-        "assigned_bundle_id": node.assigned_bundle_id,
+        "assigned_bundle_id": node.offered_bundle_id,
     }
 
 

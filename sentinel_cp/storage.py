@@ -522,3 +522,11 @@ def from_settings(settings: Settings) -> Storage:
     if settings.storage_backend == "s3":
         return S3Storage(settings)
     return FilesystemStorage(settings.bundle_dir)
+
+
+def current() -> Storage:
+    """The storage backend of the running application (configured by `create_app`)."""
+    from flask import current_app
+
+    backend: Storage = current_app.extensions["sentinel_storage"]
+    return backend

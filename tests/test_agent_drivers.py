@@ -269,7 +269,7 @@ def test_the_live_config_is_never_missing_or_mixed_while_it_is_swapped(tmp_path:
     async def swaps() -> None:
         for n in range(1, 30):
             await driver.activate(write_config(tmp_path / f"staged-{n}", f"v{n}\n"))
-            await driver.verify()
+            # no verify(): pruning old releases is another test; here only the swap is watched
 
     thread = threading.Thread(target=reader)
     thread.start()

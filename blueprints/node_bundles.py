@@ -1,0 +1,113 @@
+"""The node side of distribution (spec/node-protocol.md): poll, download, status reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, redirect, request, stream_with_context, url_for
+
+from blueprints import node_auth
+from blueprints.api import route
+from blueprints.schemas import (
+    BundleStatusReportIn,
+    BundleStatusReportOut,
+    PollOut,
+)
+from sentinel_cp import metrics, nodes, storage
+from sentinel_cp.bundles import distribution
+from sentinel_cp.bundles.archive import MEDIA_TYPE
+from sentinel_cp.db import db
+from sentinel_cp.errors import NotFound
+
+bp = Blueprint("node_bundles", __name__, url_prefix="/api/v1")
+bp.teardown_request(node_auth.close_hot_connection)
+SMALL_BODY = 64 * 1024
+PRESIGNED_TTL_S = 300
+
+
+@route(
+    bp,
+    "/nodes/<node_id>/bundles/latest",
+    auth_mode="node",
+    summary="What the node should run: an offer or no_update (ETag / If-None-Match → 304)",
+    response=PollOut,
+    hot=True,
+)
+def poll(node: nodes.NodeContext) -> Any:
+    identity = node.node
+    answer, etag = distribution.poll_answer(
+        node_id=identity.id,
+        project_id=identity.project_id,
+        active_bundle_id=identity.active_bundle_id,
+        assigned=identity.assigned,
+        rollout_id=identity.assigned_rollout_id,
+        poll_after_s=node.settings.poll_interval_s,
+        download_url=url_for(
+            "node_bundles.download",
+            node_id=str(identity.id),
+            bundle_id=identity.offered_bundle_id or "-",
+            _external=True,
+        ),
+    )
+    unchanged = request.if_none_match.contains(etag)
+    metrics.NODE_POLLS.labels("304" if unchanged else "200").inc()
+    response = Response(status=304) if unchanged else jsonify(answer)
+    response.set_etag(etag)
+    return response
+
+
+@route(
+    bp,
+    "/nodes/<node_id>/bundles/<bundle_id>/download",
+    auth_mode="node",
+    summary="The archive of the node's assigned or active bundle (or 302 to a presigned URL)",
+    produces=MEDIA_TYPE,
+    responses={302: "redirect to object storage"},
+)
+def download(node: nodes.NodeContext, bundle_id: str) -> Any:
+    identity = node.node
+    assigned = identity.assigned["id"] if identity.assigned else None
+    bundle = distribution.downloadable(
+        identity.project_id, identity.active_bundle_id, assigned, bundle_id
+    )
+    db.session.commit()
+    backend = storage.current()
+    url = backend.presigned_url(bundle.storage_key, PRESIGNED_TTL_S)
+    if url is not None:
+        return redirect(url, code=302)
+    chunks, size = backend.stream(bundle.storage_key)
+    response = Response(stream_with_context(chunks), mimetype=MEDIA_TYPE)
+    response.headers["Content-Length"] = str(size)
+    response.headers["ETag"] = f'"{bundle.id}"'
+    return response
+
+
+@route(
+    bp,
+    "/nodes/<node_id>/bundles/<bundle_id>/<state>",
+    "POST",
+    auth_mode="node",
+    summary="Report progress with a bundle: downloaded, staged, activated, verified, failed, "
+    "rolled_back",
+    body=BundleStatusReportIn,
+    response=BundleStatusReportOut,
+    max_body=SMALL_BODY,
+    responses={409: "invalid_transition"},
+)
+def report(
+    node: nodes.NodeContext, bundle_id: str, state: str, body: BundleStatusReportIn
+) -> dict[str, Any]:
+    if state not in distribution.REPORTABLE:
+        raise NotFound(f"Unknown state {state}", code="unknown_state")
+    identity = node.node
+    distribution.report_status(
+        node_id=identity.id,
+        node_name=identity.name,
+        project_id=identity.project_id,
+        bundle_id=bundle_id,
+        state=state,
+        reason=body.reason,
+        logs=body.logs,
+    )
+    db.session.commit()
+    return {"status": "ok", "state": state}

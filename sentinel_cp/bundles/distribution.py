@@ -1,0 +1,302 @@
+"""Getting compiled bundles to nodes: assignment (the rollout engine's only way to move a node),
+polls, downloads, per-node status reports, and revocation.
+
+Direct assignment by an operator is deliberately not offered: every change of what a node runs
+goes through a rollout, so it is planned, gated and audited in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from sentinel_cp import audit, events, signing
+from sentinel_cp.audit import Actor
+from sentinel_cp.bundles.compiler import signature_message
+from sentinel_cp.bundles.models import Bundle, NodeBundleStatus
+from sentinel_cp.db import db, utcnow
+from sentinel_cp.errors import Conflict, NotFound
+
+# Forward order; `failed` and `rolled_back` may follow any state that is not final.
+PROGRESS = ("assigned", "downloaded", "staged", "activated", "verified")
+FINAL = ("verified", "failed", "rolled_back")
+REPORTABLE = ("downloaded", "staged", "activated", "verified", "failed", "rolled_back")
+
+
+def require_distributable(bundle: Bundle) -> None:
+    """409 naming the state unless the bundle may be rolled out."""
+    if bundle.status != "compiled":
+        raise Conflict(
+            f"Bundle {bundle.version} is {bundle.status}; only compiled bundles can be rolled out",
+            code=f"bundle_{bundle.status}",
+        )
+    if bundle.artifact_deleted_at is not None:
+        raise Conflict(
+            f"Bundle {bundle.version}'s artifact was garbage-collected", code="bundle_collected"
+        )
+
+
+def assign(
+    bundle: Bundle,
+    node_ids: Iterable[uuid.UUID],
+    *,
+    rollout_id: uuid.UUID | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Point nodes at `bundle` (set-based: one UPDATE, one INSERT … SELECT-shaped batch).
+
+    Each node gets a fresh status row remembering what it ran before (`previous_bundle_id`,
+    what a rollback returns it to). The caller's transaction commits; callers audit the
+    assignment as part of their own action (a rollout step starting).
+    """
+    from sentinel_cp.nodes import Node
+
+    require_distributable(bundle)
+    now = now or utcnow()
+    ids = list(node_ids)
+    if not ids:
+        return 0
+    rows = db.session.execute(
+        select(Node.id, Node.active_bundle_id).where(
+            Node.project_id == bundle.project_id, Node.id.in_(ids)
+        )
+    ).all()
+    db.session.execute(
+        update(Node)
+        .where(Node.project_id == bundle.project_id, Node.id.in_([r.id for r in rows]))
+        .values(assigned_bundle_id=bundle.id, assigned_rollout_id=rollout_id)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.execute(
+        NodeBundleStatus.__table__.insert(),
+        [
+            {
+                "project_id": bundle.project_id,
+                "node_id": row.id,
+                "bundle_id": bundle.id,
+                "rollout_id": rollout_id,
+                "previous_bundle_id": row.active_bundle_id,
+                "state": "assigned",
+                "created_at": now,
+                "updated_at": now,
+            }
+            for row in rows
+        ],
+    )
+    for row in rows:
+        events.publish_after_commit(bundle.project_id, "node", row.id, "assigned")
+    return len(rows)
+
+
+def poll_etag(assigned: str | None, active: str | None, offered: bool, poll_after_s: int) -> str:
+    """An (unquoted) ETag naming the node's assignment state: what it would be told."""
+    text = f"{assigned or '-'}|{active or '-'}|{int(offered)}|{poll_after_s}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def poll_answer(
+    *,
+    node_id: uuid.UUID,
+    project_id: uuid.UUID,
+    active_bundle_id: str | None,
+    assigned: dict[str, Any] | None,
+    rollout_id: uuid.UUID | None,
+    poll_after_s: int,
+    download_url: str,
+) -> tuple[dict[str, Any], str]:
+    """The poll body and its ETag, from what the credential lookup already read (no query).
+
+    `assigned` is the assigned bundle's row (id, version, status, size, signature, kid,
+    artifact state) or None.
+    """
+    offer = (
+        assigned is not None
+        and assigned["status"] == "compiled"
+        and assigned["artifact_deleted_at"] is None
+        and assigned["signature"] is not None
+        and assigned["id"] != active_bundle_id
+    )
+    etag = poll_etag(assigned["id"] if assigned else None, active_bundle_id, offer, poll_after_s)
+    if not offer:
+        return {"no_update": True, "poll_after_s": poll_after_s}, etag
+    assert assigned is not None
+    return {
+        "bundle_id": assigned["id"],
+        "version": assigned["version"],
+        "checksum": assigned["id"],
+        "size_bytes": assigned["size_bytes"],
+        "download_url": download_url,
+        "signature": assigned["signature"],
+        "signing_key_id": assigned["signing_key_id"],
+        "project_id": str(project_id),
+        "rollout_id": str(rollout_id) if rollout_id else None,
+        "poll_after_s": poll_after_s,
+    }, etag
+
+
+def downloadable(
+    project_id: uuid.UUID, node_active: str | None, node_assigned: str | None, bundle_id: str
+) -> Bundle:
+    """The bundle a node may download: its assigned or currently active one, else 404."""
+    if bundle_id not in (node_active, node_assigned):
+        raise NotFound("Bundle not found", code="bundle_not_found")
+    bundle = db.session.get(Bundle, bundle_id)
+    if bundle is None or bundle.project_id != project_id or bundle.status != "compiled":
+        # Revoked bundles are not served: a node must not start running one.
+        raise NotFound("Bundle not found", code="bundle_not_found")
+    if bundle.artifact_deleted_at is not None:
+        raise NotFound("Bundle artifact is gone", code="bundle_collected")
+    return bundle
+
+
+def report_status(
+    *,
+    node_id: uuid.UUID,
+    node_name: str,
+    project_id: uuid.UUID,
+    bundle_id: str,
+    state: str,
+    reason: str | None,
+    logs: str | None,
+    now: datetime | None = None,
+) -> tuple[NodeBundleStatus, bool]:
+    """Move the node's newest status row for this bundle forward; returns (row, changed).
+
+    Repeating the current state is a no-op (retries are safe); moving backwards, or out of a
+    final state, is 409 `invalid_transition`.
+    """
+    from sentinel_cp.nodes import Node
+
+    now = now or utcnow()
+    row = db.session.scalars(
+        select(NodeBundleStatus)
+        .where(NodeBundleStatus.node_id == node_id, NodeBundleStatus.bundle_id == bundle_id)
+        .order_by(NodeBundleStatus.id.desc())
+        .limit(1)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise NotFound("This bundle was never assigned to this node", code="not_assigned")
+    if row.state == state:
+        return row, False
+    if not _may_move(row.state, state):
+        raise Conflict(
+            f"Cannot report {state} after {row.state}",
+            code="invalid_transition",
+        )
+    before = row.state
+    row.state = state
+    row.updated_at = now
+    if reason is not None:
+        row.reason = reason
+    if logs is not None:
+        row.logs = logs
+    if state == "activated":
+        row.activated_at = now
+    if state == "verified":
+        row.verified_at = now
+        row.activated_at = row.activated_at or now
+    if state in ("activated", "verified"):
+        db.session.execute(
+            update(Node)
+            .where(Node.id == node_id)
+            .values(active_bundle_id=bundle_id)
+            .execution_options(synchronize_session=False)
+        )
+    audit.record(
+        Actor("node", str(node_id), node_name),
+        f"node.bundle_{state}",
+        resource_type="node",
+        resource_id=node_id,
+        project_id=project_id,
+        changes={"state": [before, state]},
+        metadata={
+            "bundle_id": bundle_id,
+            "rollout_id": str(row.rollout_id) if row.rollout_id else None,
+            **({"reason": reason} if reason else {}),
+        },
+        now=now,
+    )
+    events.publish_after_commit(project_id, "node", node_id, f"bundle_{state}")
+    return row, True
+
+
+def _may_move(current: str, new: str) -> bool:
+    if current in FINAL:
+        return False
+    if new in ("failed", "rolled_back"):
+        return True
+    return PROGRESS.index(new) > PROGRESS.index(current)
+
+
+def revoke(
+    actor: Actor, bundle: Bundle, *, reason: str | None, now: datetime | None = None
+) -> Bundle:
+    """`compiled → revoked`: no poll offers it from this commit on; the artifact is kept."""
+    now = now or utcnow()
+    if bundle.status != "compiled":
+        raise Conflict(
+            f"Bundle {bundle.version} is {bundle.status}; only compiled bundles can be revoked",
+            code=f"bundle_{bundle.status}",
+        )
+    changed = db.session.execute(
+        update(Bundle)
+        .where(Bundle.id == bundle.id, Bundle.status == "compiled")
+        .values(status="revoked", revoked_at=now, revoke_reason=reason)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if changed != 1:
+        raise Conflict(f"Bundle {bundle.version} changed meanwhile", code="bundle_changed")
+    bundle.status, bundle.revoked_at, bundle.revoke_reason = "revoked", now, reason
+    audit.record(
+        actor,
+        "bundle.revoked",
+        resource_type="bundle",
+        resource_id=bundle.id,
+        project_id=bundle.project_id,
+        changes={"status": ["compiled", "revoked"]},
+        metadata={"version": bundle.version, "reason": reason},
+        now=now,
+    )
+    events.publish_after_commit(bundle.project_id, "bundle", bundle.id, "revoked")
+    return bundle
+
+
+def verify(bundle: Bundle, archive: bytes | None) -> dict[str, Any]:
+    """Check the stored signature against the project's key, and the stored bytes' hash."""
+    key = None
+    if bundle.signing_key_id is not None:
+        key = db.session.scalars(
+            select(signing.SigningKey).where(
+                signing.SigningKey.project_id == bundle.project_id,
+                signing.SigningKey.kid == bundle.signing_key_id,
+            )
+        ).first()
+    signed = bundle.signature is not None and key is not None
+    signature_ok = False
+    if signed:
+        assert key is not None and bundle.signature is not None
+        import base64
+
+        try:
+            raw = base64.b64decode(bundle.signature, validate=True)
+        except ValueError:
+            raw = b""
+        signature_ok = signing.verify(
+            key.public_key, signature_message(bundle.project_id, bundle.id), raw
+        )
+    hash_ok = archive is not None and hashlib.sha256(archive).hexdigest() == bundle.id
+    return {
+        "verified": bool(signature_ok and hash_ok),
+        "signed": signed,
+        "signature_valid": signature_ok,
+        "key_id": bundle.signing_key_id,
+        "key_state": key.state if key is not None else None,
+        "checksum_valid": hash_ok,
+        "artifact_present": archive is not None,
+    }

@@ -1,0 +1,62 @@
+"""The domain's one door to background work: enqueue a named job with a deterministic id.
+
+The domain says *what* should run (`compile_bundle`, `tick_rollout`) and under which id; the
+`jobs/` package implements the door with RQ at start-up (`configure`). Jobs are pushed only
+after the transaction that asked for them commits — a worker never looks for a row that is not
+there yet — and a deterministic id makes a repeated request collapse into one job. A process
+without a queue (`sentinel-cp setup`) drops the request; every job here has a cron sweep that
+finds its work again from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from sentinel_cp.db import db
+
+Enqueue = Callable[[str, tuple[Any, ...], str, str], None]
+_PENDING = "sentinel_pending_jobs"
+_backend: Enqueue | None = None
+log = logging.getLogger(__name__)
+
+
+def configure(backend: Enqueue | None) -> None:
+    """Install the function that really enqueues `(name, args, job_id, queue)`."""
+    global _backend
+    _backend = backend
+
+
+def enqueue_after_commit(name: str, *args: Any, job_id: str, queue: str = "default") -> None:
+    """Ask for job `name(*args)` once the current transaction commits."""
+    db.session.info.setdefault(_PENDING, []).append((name, args, job_id, queue))
+
+
+def enqueue_now(name: str, *args: Any, job_id: str, queue: str = "default") -> None:
+    """Enqueue outside a transaction (sweeps that found committed work)."""
+    _push((name, args, job_id, queue))
+
+
+def _push(request: tuple[str, tuple[Any, ...], str, str]) -> None:
+    if _backend is None:
+        log.info("no job queue in this process; %s left to its sweep", request[2])
+        return
+    try:
+        _backend(*request)
+    except Exception as exc:  # Redis down: the sweep finds the work again
+        log.warning("job %s not enqueued: %s", request[2], exc.__class__.__name__)
+
+
+@event.listens_for(Session, "after_commit")
+def _push_pending(session: Session) -> None:
+    for request in session.info.pop(_PENDING, []):
+        _push(request)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
