@@ -107,7 +107,7 @@ def create_app(
 
 def _import_models() -> None:
     """Every model module, so metadata (and Alembic autogenerate) sees all tables."""
-    from sentinel_cp import accounts, audit, nodes, projects, signing  # noqa: F401
+    from sentinel_cp import accounts, audit, gitops, nodes, projects, signing  # noqa: F401
     from sentinel_cp.bundles import models  # noqa: F401
 
 

@@ -18,6 +18,7 @@ def register_blueprints(app: Flask) -> None:
         projects,
         session,
         users,
+        webhooks,
     )
 
     for module in (
@@ -32,5 +33,6 @@ def register_blueprints(app: Flask) -> None:
         node_bundles,
         nodes,
         bundles,
+        webhooks,
     ):
         app.register_blueprint(module.bp)
