@@ -110,7 +110,9 @@ def web_server(tmp: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def api_server(tmp: Path) -> Iterator[str]:
+def bench_database() -> Iterator[str]:
+    """A PostgreSQL database of our own (dropped afterwards) and Redis db 14 (flushed before
+    and after); yields the database URL."""
     import psycopg
     import redis
 
@@ -118,40 +120,52 @@ def api_server(tmp: Path) -> Iterator[str]:
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     redis.Redis.from_url(REDIS_URL).flushdb()
-    port = _free_port()
-    env = _base_env(tmp / "data", port)
-    env.update(DATABASE_URL=f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}", REDIS_URL=REDIS_URL)
-    bin_dir = Path(sys.executable).parent
-    log = (tmp / "api.log").open("wb")
-    process = None
     try:
-        for command in (
-            [str(bin_dir / "flask"), "--app", "app", "db", "upgrade"],
-            [sys.executable, "-m", "sentinel_cp.cli", "setup"],  # the first admin and project
-        ):
-            subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=log, stderr=log)
-        process = subprocess.Popen(
-            [
-                str(bin_dir / "gunicorn"),
-                *API_WORKER_ARGS,
-                "-b",
-                f"127.0.0.1:{port}",
-                "app:create_app()",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, process)
-        yield url
+        yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
-        if process is not None:
-            _stop(process)
         redis.Redis.from_url(REDIS_URL).flushdb()
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def api_server(tmp: Path, database_url: str | None = None) -> Iterator[str]:
+    """gunicorn on `database_url` (a fresh `bench_database` when None), migrated and set up;
+    its data directory is `tmp / "data"`."""
+    with contextlib.ExitStack() as stack:
+        if database_url is None:
+            database_url = stack.enter_context(bench_database())
+        port = _free_port()
+        env = _base_env(tmp / "data", port)
+        env.update(DATABASE_URL=database_url, REDIS_URL=REDIS_URL)
+        bin_dir = Path(sys.executable).parent
+        log = (tmp / "api.log").open("wb")
+        process = None
+        try:
+            for command in (
+                [str(bin_dir / "flask"), "--app", "app", "db", "upgrade"],
+                [sys.executable, "-m", "sentinel_cp.cli", "setup"],  # the first admin and project
+            ):
+                subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=log, stderr=log)
+            process = subprocess.Popen(
+                [
+                    str(bin_dir / "gunicorn"),
+                    *API_WORKER_ARGS,
+                    "-b",
+                    f"127.0.0.1:{port}",
+                    "app:create_app()",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, process)
+            yield url
+        finally:
+            if process is not None:
+                _stop(process)
 
 
 def _registration_token(url: str) -> str:
@@ -180,7 +194,10 @@ end
 
 
 def _wrk(url: str, seconds: float, script: Path | None = None) -> dict[str, Any]:
-    """One wrk thread (one Lua state, so the node rotation is global), CONCURRENCY connections."""
+    """One wrk thread (one Lua state, so the node rotation is global), CONCURRENCY connections.
+
+    `output` is wrk's report as printed, for whatever a script's `done` adds to it.
+    """
     command = ["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{int(seconds)}s", "--latency"]
     if script is not None:
         command += ["-s", str(script)]
@@ -205,6 +222,7 @@ def _wrk(url: str, seconds: float, script: Path | None = None) -> dict[str, Any]
         "failed": errors,
         "p50": percentile("50"),
         "p99": percentile("99"),
+        "output": output,
     }
 
 

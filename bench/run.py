@@ -14,8 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import api_auth, heartbeat, validate
+from bench import compile as bundle_compile
 
-BENCHMARKS = (api_auth, validate, heartbeat)
+BENCHMARKS = (api_auth, validate, heartbeat, bundle_compile)
 
 
 def main() -> None:
