@@ -39,6 +39,12 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 migrate = Migrate(render_as_batch=True, directory=str(ROOT / "migrations"))
 login_manager = LoginManager()
 access_log = logging.getLogger("sentinel_cp.access")
+# Successful answers to what every node and load balancer calls all the time are counted in
+# /metrics, not logged one line each (a 10,000-node fleet would write ~700 lines/s); their
+# errors are logged like everything else.
+QUIET_ENDPOINTS = frozenset(
+    {"node_api.heartbeat", "node_bundles.poll", "health.health", "health.ready"}
+)
 
 
 def _engine_options(url: str) -> dict[str, Any]:
@@ -148,6 +154,8 @@ def _install_request_hooks(app: Flask) -> None:
         method = request.method if request.method in KNOWN_METHODS else "other"
         metrics.HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(endpoint).observe(elapsed)
+        if response.status_code < 400 and endpoint in QUIET_ENDPOINTS:
+            return response
         access_log.info(
             "%s %s %s",
             request.method,

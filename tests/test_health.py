@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 
 def test_health_answers_ok(client: Any) -> None:
@@ -56,3 +59,13 @@ def test_every_response_carries_a_request_id(client: Any) -> None:
     assert echoed.headers["X-Request-ID"] == "trace-123"
     hostile = client.get("/health", headers={"X-Request-ID": "bad id; rm -rf /"})
     assert hostile.headers["X-Request-ID"] != "bad id; rm -rf /"
+
+
+def test_probe_successes_are_counted_not_logged_but_other_requests_are(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sentinel_cp.access")
+    assert client.get("/health").status_code == 200
+    assert client.get("/api/v1/me").status_code == 401
+    logged = [r.getMessage() for r in caplog.records if r.name == "sentinel_cp.access"]
+    assert logged == ["GET /api/v1/me 401"]
