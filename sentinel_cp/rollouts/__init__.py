@@ -1,0 +1,1 @@
+"""Rollouts: planning, gates and the tick engine."""
