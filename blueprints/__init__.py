@@ -16,6 +16,7 @@ def register_blueprints(app: Flask) -> None:
         nodes,
         openapi,
         projects,
+        rollouts,
         session,
         users,
         webhooks,
@@ -33,6 +34,7 @@ def register_blueprints(app: Flask) -> None:
         node_bundles,
         nodes,
         bundles,
+        rollouts,
         webhooks,
     ):
         app.register_blueprint(module.bp)

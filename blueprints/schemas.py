@@ -668,3 +668,132 @@ class GcOut(Out):
     bundles: list[dict[str, Any]]
     bytes: int
     objects_deleted: int | None = None
+
+
+# --- rollouts -------------------------------------------------------------------------------
+
+
+class RolloutSelectorIn(BaseModel):
+    """Exactly one of: `all`, `labels`, `node_ids`, `group` (a group's name)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    all: bool | None = None
+    labels: LabelMap | None = None
+    node_ids: list[Annotated[str, Field(max_length=36)]] | None = Field(None, max_length=10_000)
+    group: NodeName | None = None
+
+
+class HealthGatesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    heartbeat_healthy: bool | None = None
+    max_error_rate: float | None = None
+    max_latency_ms: float | None = None
+    max_cpu_percent: float | None = None
+    max_memory_percent: float | None = None
+    max_error_rate_vs_baseline: float | None = None
+
+
+class RolloutCreateIn(Body):
+    bundle_id: BundleId
+    target_selector: RolloutSelectorIn | None = None
+    strategy: Literal["rolling", "canary", "blue_green", "all_at_once"] | None = None
+    batch_size: int | None = None
+    batch_percent: float | None = None
+    canary_steps: list[float] | None = Field(None, max_length=20)
+    max_unavailable: int | None = None
+    max_failures: int | Annotated[str, Field(max_length=8)] | None = None
+    progress_deadline_s: int | None = None
+    bake_s: int | None = None
+    health_gates: HealthGatesIn | None = None
+    on_failure: Literal["pause", "rollback"] | None = None
+    gate_grace_s: int | None = None
+    gate_data_timeout_s: int | None = None
+    standby_slot: Annotated[str, Field(max_length=63)] | None = None
+    scheduled_at: AwareUTCDatetime | None = None
+    start: bool = True
+    skip_busy_nodes: bool = False
+
+
+class RolloutActionIn(Body):
+    reason: str | None = Field(None, max_length=500)
+
+
+class RolloutResumeIn(RolloutActionIn):
+    skip_unavailable: bool = False
+
+
+class RolloutNodeOut(Out):
+    node_id: str
+    name: str | None
+    state: str
+    reason: str | None
+
+
+class RolloutStepOut(Out):
+    index: int
+    kind: str
+    state: str
+    reason: str | None
+    started_at: datetime | None
+    baking_since: datetime | None
+    finished_at: datetime | None
+    gates: dict[str, Any] | None
+    nodes: list[RolloutNodeOut]
+
+
+class RolloutProgressOut(Out):
+    total: int
+    pending: int
+    in_progress: int
+    verified: int
+    failed: int
+    skipped: int
+
+
+class RolloutOut(Out):
+    id: str
+    state: str
+    approval_state: str
+    strategy: str
+    bundle_id: str
+    target_selector: dict[str, Any]
+    config: dict[str, Any]
+    reason: str | None
+    details: dict[str, Any]
+    created_by: str | None
+    created_at: datetime
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[RolloutStepOut]
+    progress: RolloutProgressOut
+    gates: dict[str, Any] | None
+
+
+class RolloutQuery(PageQuery):
+    state: (
+        Literal[
+            "pending",
+            "running",
+            "paused",
+            "completed",
+            "failed",
+            "cancelled",
+            "rolling_back",
+            "rolled_back",
+        ]
+        | None
+    ) = None
+
+
+class RolloutPlanOut(Out):
+    bundle_id: str
+    strategy: str
+    config: dict[str, Any]
+    target_selector: dict[str, Any]
+    total: int
+    steps: list[dict[str, Any]]
+    skipped_busy: list[str]
+    conflicts: list[str]

@@ -12,17 +12,33 @@ from sentinel_cp import broker
 # process never imports job code).
 JOBS = {
     "compile_bundle": "jobs.bundles.compile_bundle",
+    "tick_rollout": "jobs.rollouts.tick_rollout",
 }
 TIMEOUTS = {"compile_bundle": 600}
 
 
+WAITING = ("queued", "scheduled", "deferred")
+
+
 def enqueue(name: str, args: tuple[Any, ...], job_id: str, queue: str) -> None:
-    """Push `name(*args)` as job `job_id`; an id already waiting in the queue is not added twice."""
+    """Push `name(*args)` as job `job_id`; an id already waiting in the queue is not added twice.
+
+    While `job_id` runs, a request for it becomes `job_id:again` (also collapsing), so a change
+    that arrives during a run always gets a run that sees it — and the running job's record is
+    never overwritten.
+    """
     connection = broker.connection()
     target = Queue(queue, connection=connection)
     existing = target.fetch_job(job_id)
-    if existing is not None and existing.get_status(refresh=True) in ("queued", "scheduled"):
-        return
+    if existing is not None:
+        status = existing.get_status(refresh=True)
+        if status in WAITING:
+            return
+        if status == "started":
+            job_id = f"{job_id}:again"
+            follow_up = target.fetch_job(job_id)
+            if follow_up is not None and follow_up.get_status(refresh=True) in WAITING:
+                return
     target.enqueue(
         JOBS[name],
         *args,

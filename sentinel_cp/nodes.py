@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sentinel_cp import audit, events, signing
+from sentinel_cp import audit, events, jobqueue, signing
 from sentinel_cp.audit import Actor
 from sentinel_cp.bundles.models import Bundle
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
@@ -543,6 +543,13 @@ def record_heartbeat(
         if changed:
             # Written in autocommit: it is committed already.
             events.publish_now(events.event_payload(node.project_id, "node", node.id, "online"))
+            if node.assigned_rollout_id is not None:
+                # running the assigned bundle counts as verified: let the rollout see it now
+                jobqueue.enqueue_now(
+                    "tick_rollout",
+                    str(node.assigned_rollout_id),
+                    job_id=f"tick-{node.assigned_rollout_id}",
+                )
     else:
         _write_heartbeat(db.session.connection(), node, values, now)
         if node.status != "online":
@@ -557,6 +564,12 @@ def record_heartbeat(
             )
         if changed:
             events.publish_after_commit(node.project_id, "node", node.id, "online")
+            if node.assigned_rollout_id is not None:
+                jobqueue.enqueue_after_commit(
+                    "tick_rollout",
+                    str(node.assigned_rollout_id),
+                    job_id=f"tick-{node.assigned_rollout_id}",
+                )
     return {
         "status": "ok",
         "node_id": str(node.id),

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from sentinel_cp import audit, events, signing
+from sentinel_cp import audit, events, jobqueue, signing
 from sentinel_cp.audit import Actor
 from sentinel_cp.bundles.compiler import signature_message
 from sentinel_cp.bundles.models import Bundle, NodeBundleStatus
@@ -24,7 +24,9 @@ from sentinel_cp.errors import Conflict, NotFound
 
 # Forward order; `failed` and `rolled_back` may follow any state that is not final.
 PROGRESS = ("assigned", "downloaded", "staged", "activated", "verified")
-FINAL = ("verified", "failed", "rolled_back")
+# `skipped` is the engine's: the rollout went on without the node, so its late reports are
+# refused like any report after a final state.
+FINAL = ("verified", "failed", "rolled_back", "skipped")
 REPORTABLE = ("downloaded", "staged", "activated", "verified", "failed", "rolled_back")
 
 
@@ -46,6 +48,7 @@ def assign(
     node_ids: Iterable[uuid.UUID],
     *,
     rollout_id: uuid.UUID | None = None,
+    step_index: int | None = None,
     now: datetime | None = None,
 ) -> int:
     """Point nodes at `bundle` (set-based: one UPDATE, one INSERT … SELECT-shaped batch).
@@ -80,6 +83,7 @@ def assign(
                 "node_id": row.id,
                 "bundle_id": bundle.id,
                 "rollout_id": rollout_id,
+                "step_index": step_index,
                 "previous_bundle_id": row.active_bundle_id,
                 "state": "assigned",
                 "created_at": now,
@@ -223,6 +227,11 @@ def report_status(
         now=now,
     )
     events.publish_after_commit(project_id, "node", node_id, f"bundle_{state}")
+    if row.rollout_id is not None:
+        # a report can advance the step: tick now rather than at the next sweep
+        jobqueue.enqueue_after_commit(
+            "tick_rollout", str(row.rollout_id), job_id=f"tick-{row.rollout_id}"
+        )
     return row, True
 
 

@@ -122,6 +122,7 @@ class NodeBundleStatus(db.Model):  # type: ignore[name-defined]
         ForeignKey("bundles.id", ondelete="CASCADE"), nullable=False
     )
     rollout_id: Mapped[uuid.UUID | None] = mapped_column()
+    step_index: Mapped[int | None] = mapped_column(Integer)
     previous_bundle_id: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="assigned")
     reason: Mapped[str | None] = mapped_column(String(1000))

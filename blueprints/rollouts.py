@@ -1,0 +1,168 @@
+"""Rollouts for operators: plan (dry run), create (and start), list, show, pause, resume,
+cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from blueprints.api import route
+from blueprints.ids import parse_uuid
+from blueprints.projects import visible_project
+from blueprints.schemas import (
+    ListOut,
+    RolloutActionIn,
+    RolloutCreateIn,
+    RolloutOut,
+    RolloutPlanOut,
+    RolloutQuery,
+    RolloutResumeIn,
+)
+from sentinel_cp.accounts import Principal
+from sentinel_cp.db import db
+from sentinel_cp.rollouts import engine
+from sentinel_cp.rollouts.types import CONFIG_FIELDS
+
+bp = Blueprint("rollouts", __name__, url_prefix="/api/v1/projects/<slug>")
+READ, WRITE = "rollouts:read", "rollouts:write"
+
+
+def _request(body: RolloutCreateIn) -> dict[str, Any]:
+    data = body.model_dump(exclude_none=True)
+    selector = data.pop("target_selector", None)
+    return {
+        "bundle_id": data.pop("bundle_id"),
+        "target_selector": selector or {"all": True},
+        "config": {k: v for k, v in data.items() if k in CONFIG_FIELDS},
+        "scheduled_at": body.scheduled_at,
+        "start": body.start,
+        "skip_busy_nodes": body.skip_busy_nodes,
+    }
+
+
+@route(
+    bp,
+    "/rollouts/plan",
+    "POST",
+    summary="Dry run: the steps, nodes and conflicts a rollout would have",
+    scope=READ,
+    body=RolloutCreateIn,
+    response=RolloutPlanOut,
+)
+def plan(principal: Principal, slug: str, body: RolloutCreateIn) -> dict[str, Any]:
+    project = visible_project(principal, slug)
+    result = engine.plan(project, _request(body)).to_dict()
+    db.session.rollback()
+    return result
+
+
+@route(
+    bp,
+    "/rollouts",
+    "POST",
+    summary="Create a rollout; it starts at once unless scheduled or created with start=false",
+    scope=WRITE,
+    body=RolloutCreateIn,
+    response=RolloutOut,
+    status=201,
+    responses={409: "nodes_busy, bundle_revoked, …"},
+)
+def create(principal: Principal, slug: str, body: RolloutCreateIn) -> tuple[Any, int]:
+    project = visible_project(principal, slug)
+    rollout = engine.create(
+        principal.actor, project, _request(body), user_id=getattr(principal, "user_id", None)
+    )
+    db.session.commit()
+    return engine.describe(rollout), 201
+
+
+@route(
+    bp,
+    "/rollouts",
+    summary="List rollouts, newest first (filter: state)",
+    scope=READ,
+    query=RolloutQuery,
+    response=ListOut[RolloutOut],
+)
+def list_rollouts(principal: Principal, slug: str, query: RolloutQuery) -> dict[str, Any]:
+    project = visible_project(principal, slug)
+    page = engine.list_rollouts(
+        project.id, state=query.state, limit=query.limit, cursor=query.cursor
+    )
+    result = {
+        "items": [engine.describe(r) for r in page.items],
+        "next_cursor": page.next_cursor,
+        "total": page.total,
+    }
+    db.session.commit()
+    return result
+
+
+def _rollout(principal: Principal, slug: str, rollout_id: str) -> Any:
+    project = visible_project(principal, slug)
+    return engine.get_rollout(project.id, parse_uuid(rollout_id, "rollout_id"))
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>",
+    summary="One rollout with its steps, per-node states, progress and gate verdicts",
+    scope=READ,
+    response=RolloutOut,
+)
+def show(principal: Principal, slug: str, rollout_id: str) -> dict[str, Any]:
+    rollout = _rollout(principal, slug, rollout_id)
+    result = engine.describe(rollout)
+    db.session.commit()
+    return result
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>/pause",
+    "POST",
+    summary="Pause a running rollout",
+    scope=WRITE,
+    body=RolloutActionIn,
+    response=RolloutOut,
+)
+def pause(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
+    rollout = _rollout(principal, slug, rollout_id)
+    engine.pause(principal.actor, rollout.id, reason=body.reason)
+    db.session.commit()
+    return engine.describe(rollout)
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>/resume",
+    "POST",
+    summary="Resume a paused rollout (skip_unavailable: go on without offline nodes)",
+    scope=WRITE,
+    body=RolloutResumeIn,
+    response=RolloutOut,
+)
+def resume(principal: Principal, slug: str, rollout_id: str, body: RolloutResumeIn) -> Any:
+    rollout = _rollout(principal, slug, rollout_id)
+    engine.resume(
+        principal.actor, rollout.id, reason=body.reason, skip_unavailable=body.skip_unavailable
+    )
+    db.session.commit()
+    return engine.describe(rollout)
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>/cancel",
+    "POST",
+    summary="Stop a rollout for good (nodes stay where they are)",
+    scope=WRITE,
+    body=RolloutActionIn,
+    response=RolloutOut,
+)
+def cancel(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
+    rollout = _rollout(principal, slug, rollout_id)
+    engine.cancel(principal.actor, rollout.id, reason=body.reason)
+    db.session.commit()
+    return engine.describe(rollout)

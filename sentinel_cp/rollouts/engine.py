@@ -1,0 +1,807 @@
+"""The effectful half of the rollout engine: create, tick and operator actions.
+
+A tick locks the rollout (an `UPDATE` of its row first: the row lock on PostgreSQL, the write
+lock on SQLite), reads a `RolloutView`, asks the pure `decide` for one action, applies it in
+the same transaction with its audit row and event, and commits — then repeats until `decide`
+has nothing to do. A worker killed between two transactions leaves a consistent rollout that
+the next tick continues; a tick replayed on unchanged state finds `Nothing` and writes nothing.
+Ticks are requested with a deterministic job id when a node report can advance a step, when an
+operator acts, and by the cron sweep for every running rollout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+
+from sentinel_cp import audit, events, jobqueue
+from sentinel_cp.audit import Actor
+from sentinel_cp.bundles import catalog, distribution
+from sentinel_cp.bundles.models import Bundle, NodeBundleStatus
+from sentinel_cp.db import db, utcnow
+from sentinel_cp.errors import Conflict, Invalid, NotFound
+from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+from sentinel_cp.projects import Project
+from sentinel_cp.rollouts import freeze, planner
+from sentinel_cp.rollouts.decide import decide
+from sentinel_cp.rollouts.models import (
+    ACTIVE_STATES,
+    FreezeWindowRow,
+    Rollout,
+    RolloutStep,
+)
+from sentinel_cp.rollouts.types import (
+    Action,
+    AwaitPromotion,
+    Complete,
+    CompleteStep,
+    Fail,
+    FailStep,
+    NodeView,
+    Nothing,
+    Pause,
+    PlannedStep,
+    PlanNode,
+    RecordGates,
+    RolloutConfig,
+    RolloutView,
+    StartBaking,
+    StartStep,
+    StepView,
+)
+
+MAX_ACTIONS_PER_TICK = 64
+ENGINE = Actor.system("rollout-engine")
+
+
+def request_tick(rollout_id: uuid.UUID) -> None:
+    """Ask for a tick once the current transaction commits (duplicates collapse)."""
+    jobqueue.enqueue_after_commit(
+        "tick_rollout", str(rollout_id), job_id=f"tick-{rollout_id}", queue="default"
+    )
+
+
+# --- planning -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    bundle: Bundle
+    config: RolloutConfig
+    selector: dict[str, Any]
+    steps: list[PlannedStep]
+    names: dict[uuid.UUID, str]
+    skipped_busy: list[uuid.UUID]
+    conflicting: list[uuid.UUID]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle_id": self.bundle.id,
+            "strategy": self.config.strategy,
+            "config": self.config.to_dict(),
+            "target_selector": self.selector,
+            "total": sum(len(step.node_ids) for step in self.steps),
+            "steps": [
+                {
+                    **step.to_dict(),
+                    "nodes": [
+                        {"node_id": str(n), "name": self.names.get(n)} for n in step.node_ids
+                    ],
+                }
+                for step in self.steps
+            ],
+            "skipped_busy": [str(n) for n in self.skipped_busy],
+            "conflicts": [str(r) for r in self.conflicting],
+        }
+
+
+def _project_nodes(project_id: uuid.UUID) -> list[PlanNode]:
+    from sentinel_cp.nodes import Node
+
+    rows = db.session.execute(
+        select(Node.id, Node.name, Node.labels, Node.status).where(Node.project_id == project_id)
+    ).all()
+    return [PlanNode(r.id, r.name, dict(r.labels or {}), r.status) for r in rows]
+
+
+def _busy_nodes(project_id: uuid.UUID) -> dict[uuid.UUID, uuid.UUID]:
+    """Every node held by a non-terminal rollout of the project → that rollout."""
+    rows = db.session.execute(
+        select(RolloutStep.rollout_id, RolloutStep.node_ids)
+        .join(Rollout, Rollout.id == RolloutStep.rollout_id)
+        .where(Rollout.project_id == project_id, Rollout.state.in_(ACTIVE_STATES))
+    ).all()
+    return {uuid.UUID(node): rollout_id for rollout_id, node_ids in rows for node in node_ids}
+
+
+def _resolve_selector(project_id: uuid.UUID, selector: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(selector.get("group"), str):
+        from sentinel_cp.nodes import get_group
+
+        group = get_group(project_id, selector["group"])
+        found: Any = group.selector.get("labels") or {}
+        labels: dict[str, str] = dict(found)
+        return {"group": {"labels": labels}}
+    return dict(selector)
+
+
+def plan(project: Project, request: Mapping[str, Any]) -> Plan:
+    """What `create` would build from `request` (no writes): 404/409/422 as `create`."""
+    bundle = catalog.get_bundle(project.id, str(request.get("bundle_id", "")))
+    distribution.require_distributable(bundle)
+    settings = project.config
+    config = RolloutConfig.from_dict(
+        request.get("config") or {}, standby_slot=settings.standby_slot
+    )
+    if config.on_failure == "rollback":
+        raise Invalid(
+            "Automatic rollback is not available yet",
+            fields={"on_failure": ["only 'pause' is supported in this version"]},
+        )
+    selector = dict(request.get("target_selector") or {"all": True})
+    nodes = _project_nodes(project.id)
+    targets = planner.select_targets(nodes, _resolve_selector(project.id, selector))
+    found = planner.conflicts(
+        [n.id for n in targets], _busy_nodes(project.id), bool(request.get("skip_busy_nodes"))
+    )
+    kept = set(found.kept_ids)
+    targets = [n for n in targets if n.id in kept]
+    steps = planner.plan_steps(targets, config) if targets else []
+    return Plan(
+        bundle=bundle,
+        config=config,
+        selector=selector,
+        steps=steps,
+        names={n.id: n.name for n in nodes},
+        skipped_busy=found.skipped_busy,
+        conflicting=found.conflicting_rollout_ids,
+    )
+
+
+def create(
+    actor: Actor,
+    project: Project,
+    request: Mapping[str, Any],
+    *,
+    user_id: uuid.UUID | None = None,
+    now: datetime | None = None,
+) -> Rollout:
+    """Plan and store a rollout; start it unless it is scheduled or `start` is false."""
+    now = now or utcnow()
+    planned = plan(project, request)
+    if planned.conflicting and not request.get("skip_busy_nodes"):
+        ids = ", ".join(str(r) for r in planned.conflicting)
+        raise Conflict(
+            f"Targets are already part of rollout {ids} (or pass skip_busy_nodes)",
+            code="nodes_busy",
+        )
+    if not planned.steps:
+        raise Invalid(
+            "No nodes to roll out to", fields={"target_selector": ["matches no available node"]}
+        )
+    scheduled_at = request.get("scheduled_at")
+    rollout = Rollout(
+        id=uuid.uuid4(),
+        project_id=project.id,
+        bundle_id=planned.bundle.id,
+        state="pending",
+        approval_state="not_required",
+        strategy=planned.config.strategy,
+        target_selector=planned.selector,
+        config=planned.config.to_dict(),
+        details={},
+        created_by=actor.label,
+        created_by_user_id=user_id,
+        created_at=now,
+        scheduled_at=scheduled_at,
+        updated_at=now,
+    )
+    db.session.add(rollout)
+    for step in planned.steps:
+        db.session.add(
+            RolloutStep(
+                rollout_id=rollout.id,
+                index=step.index,
+                kind=step.kind,
+                state="pending",
+                node_ids=[str(n) for n in step.node_ids],
+                skipped_node_ids=[],
+            )
+        )
+    db.session.flush()
+    audit.record(
+        actor,
+        "rollout.created",
+        resource_type="rollout",
+        resource_id=rollout.id,
+        project_id=project.id,
+        metadata={
+            "bundle_id": planned.bundle.id,
+            "strategy": rollout.strategy,
+            "steps": len(planned.steps),
+            "nodes": sum(len(s.node_ids) for s in planned.steps),
+            "skipped_busy": len(planned.skipped_busy),
+        },
+        now=now,
+    )
+    if request.get("start", True) and (scheduled_at is None or scheduled_at <= now):
+        _start(actor, rollout, now)
+    events.publish_after_commit(project.id, "rollout", rollout.id, rollout.state)
+    return rollout
+
+
+def _start(actor: Actor, rollout: Rollout, now: datetime) -> None:
+    rollout.state = "running"
+    rollout.started_at = now
+    rollout.updated_at = now
+    audit.record(
+        actor,
+        "rollout.started",
+        resource_type="rollout",
+        resource_id=rollout.id,
+        project_id=rollout.project_id,
+        changes={"state": ["pending", "running"]},
+        now=now,
+    )
+    request_tick(rollout.id)
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def get_rollout(project_id: uuid.UUID, rollout_id: uuid.UUID) -> Rollout:
+    rollout = db.session.get(Rollout, rollout_id)
+    if rollout is None or rollout.project_id != project_id:
+        raise NotFound("Rollout not found", code="rollout_not_found")
+    return rollout
+
+
+def _steps(rollout_id: uuid.UUID) -> list[RolloutStep]:
+    return list(
+        db.session.scalars(
+            select(RolloutStep)
+            .where(RolloutStep.rollout_id == rollout_id)
+            .order_by(RolloutStep.index)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _deliveries(rollout_id: uuid.UUID) -> dict[uuid.UUID, NodeBundleStatus]:
+    """The newest delivery row per node of this rollout."""
+    rows = db.session.scalars(
+        select(NodeBundleStatus)
+        .where(NodeBundleStatus.rollout_id == rollout_id)
+        .order_by(NodeBundleStatus.id)
+        .execution_options(populate_existing=True)
+    )
+    return {row.node_id: row for row in rows}
+
+
+def _node_rows(node_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    from sentinel_cp.nodes import Node
+
+    if not node_ids:
+        return {}
+    rows = db.session.execute(
+        select(
+            Node.id,
+            Node.name,
+            Node.status,
+            Node.active_bundle_id,
+            Node.last_heartbeat_at,
+            Node.health,
+            Node.metrics,
+        ).where(Node.id.in_(node_ids))
+    ).all()
+    return {row.id: row for row in rows}
+
+
+def _freeze_active(project_id: uuid.UUID, now: datetime) -> bool:
+    rows = db.session.scalars(
+        select(FreezeWindowRow.definition).where(FreezeWindowRow.project_id == project_id)
+    ).all()
+    windows = [freeze.FreezeWindow.from_dict(definition) for definition in rows]
+    return bool(freeze.active_windows(windows, now))
+
+
+def build_view(rollout: Rollout, steps: list[RolloutStep], now: datetime) -> RolloutView:
+    """Read everything `decide` needs (a fixed handful of set-based queries)."""
+    bundle_status = db.session.scalar(select(Bundle.status).where(Bundle.id == rollout.bundle_id))
+    all_ids = [uuid.UUID(n) for step in steps for n in step.node_ids]
+    rows = _node_rows(all_ids)
+    deliveries = _deliveries(rollout.id)
+    project = db.session.get(Project, rollout.project_id)
+    assert project is not None
+
+    def node_view(node_id: uuid.UUID) -> NodeView:
+        row = rows.get(node_id)
+        delivery = deliveries.get(node_id)
+        return NodeView(
+            node_id=node_id,
+            name=row.name if row else str(node_id),
+            online=bool(row and row.status == "online"),
+            state=delivery.state if delivery else "pending",  # type: ignore[arg-type]
+            active_bundle_id=row.active_bundle_id if row else None,
+            activated_at=delivery.activated_at if delivery else None,
+            last_heartbeat_at=row.last_heartbeat_at if row else None,
+            health_status=(row.health or {}).get("status") if row else None,
+            metrics=dict(row.metrics or {}) if row else {},
+            reason=delivery.reason if delivery else None,
+        )
+
+    step_views = tuple(
+        StepView(
+            index=step.index,
+            kind=step.kind,  # type: ignore[arg-type]
+            state=step.state,  # type: ignore[arg-type]
+            nodes=tuple(node_view(uuid.UUID(n)) for n in step.node_ids),
+            started_at=step.started_at,
+            baking_since=step.baking_since,
+            gates_passing_since=step.gates_passing_since,
+            gates_failing_since=step.gates_failing_since,
+            resumed_at=step.resumed_at,
+            skip_unavailable=step.skip_unavailable,
+        )
+        for step in steps
+    )
+    return RolloutView(
+        id=rollout.id,
+        state=rollout.state,  # type: ignore[arg-type]
+        bundle_id=rollout.bundle_id,
+        bundle_status=bundle_status or "missing",
+        config=RolloutConfig.from_dict(rollout.config),
+        steps=step_views,
+        freeze_active=_freeze_active(rollout.project_id, now),
+        freeze_overridden=rollout.freeze_override is not None,
+        promoted=rollout.promoted,
+        heartbeat_interval_s=project.config.heartbeat_interval_s,
+    )
+
+
+# --- the tick -------------------------------------------------------------------------------
+
+
+def _lock(rollout_id: uuid.UUID, now: datetime) -> Rollout | None:
+    """Serialize ticks and actions on one rollout: write its row first, then read it."""
+    touched = db.session.execute(
+        update(Rollout)
+        .where(Rollout.id == rollout_id)
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if touched != 1:
+        return None
+    return db.session.get(Rollout, rollout_id, populate_existing=True)
+
+
+def tick(rollout_id: uuid.UUID, *, now: datetime | None = None) -> list[Action]:
+    """Advance one rollout as far as it can go now; returns the actions applied."""
+    applied: list[Action] = []
+    for _ in range(MAX_ACTIONS_PER_TICK):
+        moment = now or utcnow()
+        rollout = _lock(rollout_id, moment)
+        if rollout is None or rollout.state != "running":
+            db.session.rollback()
+            break
+        steps = _steps(rollout.id)
+        view = build_view(rollout, steps, moment)
+        action = decide(view, moment)
+        if isinstance(action, Nothing):
+            db.session.rollback()  # nothing changed: not even updated_at
+            break
+        _apply(rollout, steps, action, moment)
+        db.session.commit()
+        applied.append(action)
+    return applied
+
+
+def _apply(rollout: Rollout, steps: list[RolloutStep], action: Action, now: datetime) -> None:
+    by_index = {step.index: step for step in steps}
+    bundle = db.session.get(Bundle, rollout.bundle_id)
+    assert bundle is not None
+    before = rollout.state
+    if isinstance(action, StartStep):
+        step = by_index[action.index]
+        step.state, step.started_at, step.finished_at = "running", now, None
+        step.baking_since = step.gates_passing_since = step.gates_failing_since = None
+        step.resumed_at, step.reason = None, None
+        distribution.assign(
+            bundle,
+            list(action.assign_node_ids),
+            rollout_id=rollout.id,
+            step_index=action.index,
+            now=now,
+        )
+        _skip(rollout, bundle, action.index, action.skip_node_ids, now)
+    elif isinstance(action, StartBaking):
+        step = by_index[action.index]
+        step.state, step.baking_since = "baking", now
+        step.gates_passing_since = step.gates_failing_since = None
+        _mark_verified(rollout, action.mark_verified_node_ids, now)
+        _skip(rollout, bundle, action.index, action.skip_node_ids, now)
+    elif isinstance(action, RecordGates):
+        step = by_index[action.index]
+        step.gate_verdict = action.verdict.to_dict()
+        step.gates_passing_since = action.passing_since
+        step.gates_failing_since = action.failing_since
+    elif isinstance(action, CompleteStep):
+        step = by_index[action.index]
+        step.state, step.finished_at, step.reason = "completed", now, action.reason
+        if action.verdict is not None:
+            step.gate_verdict = action.verdict.to_dict()
+        _skip(rollout, bundle, action.index, action.skip_node_ids, now)
+    elif isinstance(action, FailStep):
+        step = by_index[action.index]
+        step.state, step.finished_at, step.reason = "failed", now, action.reason
+        if action.verdict is not None:
+            step.gate_verdict = action.verdict.to_dict()
+        # `on_failure: rollback` is refused at creation until rollback rollouts exist.
+        meta = {**_plain(action.metadata), "step_index": action.index}
+        _set_state(rollout, "paused", action.reason, action.details, now, meta)
+    elif isinstance(action, Pause | AwaitPromotion):
+        _set_state(rollout, "paused", action.reason, action.details, now, _plain(action.metadata))
+    elif isinstance(action, Fail):
+        if action.step_index is not None:
+            step = by_index[action.step_index]
+            step.state, step.finished_at, step.reason = "failed", now, action.reason
+        _set_state(rollout, "failed", action.reason, action.details, now, _plain(action.metadata))
+        rollout.finished_at = now
+    elif isinstance(action, Complete):
+        _set_state(rollout, "completed", action.reason, action.details, now)
+        rollout.finished_at = now
+        _expect(rollout, action.verified_node_ids)
+    if action.audit_action is not None:
+        changes = {"state": [before, rollout.state]} if before != rollout.state else None
+        audit.record(
+            ENGINE,
+            action.audit_action,
+            resource_type="rollout",
+            resource_id=rollout.id,
+            project_id=rollout.project_id,
+            changes=changes,
+            metadata=_audit_metadata(action),
+            now=now,
+        )
+        events.publish_after_commit(rollout.project_id, "rollout", rollout.id, rollout.state)
+
+
+def _plain(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Action metadata as JSON-ready values (ids and times as strings)."""
+    data = Nothing(reason="", details="", metadata=metadata).to_dict()["metadata"]
+    return dict(data)
+
+
+def _audit_metadata(action: Action) -> dict[str, Any]:
+    data = action.to_dict()
+    verdict = data.pop("verdict", None)
+    if isinstance(verdict, dict):
+        data["gates"] = {k: verdict[k] for k in ("state", "summary") if k in verdict}
+    for key in ("assign_node_ids", "skip_node_ids", "mark_verified_node_ids", "verified_node_ids"):
+        if key in data:
+            data[key] = len(data[key])
+    return data
+
+
+def _set_state(
+    rollout: Rollout,
+    state: str,
+    reason: str,
+    details: str,
+    now: datetime,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    rollout.state, rollout.reason = state, reason
+    rollout.details = {"message": details, **(metadata or {})}
+    rollout.updated_at = now
+
+
+def _skip(
+    rollout: Rollout,
+    bundle: Bundle,
+    index: int,
+    node_ids: Sequence[uuid.UUID],
+    now: datetime,
+) -> None:
+    """Mark nodes skipped for this rollout and take back their assignment."""
+    from sentinel_cp.nodes import Node
+
+    if not node_ids:
+        return
+    deliveries = _deliveries(rollout.id)
+    active = {row.id: row.active_bundle_id for row in _node_rows(node_ids).values()}
+    for node_id in node_ids:
+        row = deliveries.get(node_id)
+        if row is not None:
+            row.state, row.updated_at, row.reason = "skipped", now, "unavailable"
+        else:
+            db.session.add(
+                NodeBundleStatus(
+                    project_id=rollout.project_id,
+                    node_id=node_id,
+                    bundle_id=bundle.id,
+                    rollout_id=rollout.id,
+                    step_index=index,
+                    previous_bundle_id=active.get(node_id),
+                    state="skipped",
+                    reason="unavailable",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    db.session.execute(
+        update(Node)
+        .where(
+            Node.id.in_(list(node_ids)),
+            Node.assigned_bundle_id == bundle.id,
+            Node.assigned_rollout_id == rollout.id,
+        )
+        .values(assigned_bundle_id=None, assigned_rollout_id=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _mark_verified(rollout: Rollout, node_ids: Sequence[uuid.UUID], now: datetime) -> None:
+    if not node_ids:
+        return
+    deliveries = _deliveries(rollout.id)
+    for node_id in node_ids:
+        row = deliveries.get(node_id)
+        if row is not None:
+            row.state, row.updated_at, row.verified_at = "verified", now, now
+            row.activated_at = row.activated_at or now
+
+
+def _expect(rollout: Rollout, node_ids: Sequence[uuid.UUID]) -> None:
+    from sentinel_cp.nodes import Node
+
+    if node_ids:
+        db.session.execute(
+            update(Node)
+            .where(Node.id.in_(list(node_ids)))
+            .values(expected_bundle_id=rollout.bundle_id)
+            .execution_options(synchronize_session=False)
+        )
+
+
+# --- operator actions -----------------------------------------------------------------------
+
+
+def _act(
+    actor: Actor,
+    rollout_id: uuid.UUID,
+    action: str,
+    allowed: tuple[str, ...],
+    now: datetime,
+) -> Rollout:
+    rollout = _lock(rollout_id, now)
+    if rollout is None:
+        raise NotFound("Rollout not found", code="rollout_not_found")
+    if rollout.state not in allowed:
+        raise Conflict(
+            f"Cannot {action} a rollout that is {rollout.state}", code=f"rollout_{rollout.state}"
+        )
+    return rollout
+
+
+def pause(
+    actor: Actor, rollout_id: uuid.UUID, *, reason: str | None, now: datetime | None = None
+) -> Rollout:
+    now = now or utcnow()
+    rollout = _act(actor, rollout_id, "pause", ("running",), now)
+    _set_state(rollout, "paused", "operator_paused", reason or "paused by an operator", now)
+    _operator_audit(actor, rollout, "rollout.paused", "running", reason, now)
+    return rollout
+
+
+def resume(
+    actor: Actor,
+    rollout_id: uuid.UUID,
+    *,
+    reason: str | None,
+    skip_unavailable: bool = False,
+    now: datetime | None = None,
+) -> Rollout:
+    now = now or utcnow()
+    rollout = _act(actor, rollout_id, "resume", ("paused",), now)
+    if rollout.reason == "awaiting_promotion":
+        raise Conflict(
+            "This blue-green rollout waits for promotion, not a resume", code="awaiting_promotion"
+        )
+    steps = _steps(rollout.id)
+    for step in steps:
+        if step.state in ("running", "baking"):
+            step.resumed_at = now  # paused time neither bakes nor fails a step
+    if skip_unavailable:
+        # the step the pause was about: the first one not completed (decide retries a failed
+        # step itself, so failed steps are left as they are)
+        waiting = next((s for s in steps if s.state != "completed"), None)
+        if waiting is not None:
+            waiting.skip_unavailable = True
+    _set_state(rollout, "running", "operator_resumed", reason or "resumed by an operator", now)
+    _operator_audit(actor, rollout, "rollout.resumed", "paused", reason, now)
+    request_tick(rollout.id)
+    return rollout
+
+
+def cancel(
+    actor: Actor, rollout_id: uuid.UUID, *, reason: str | None, now: datetime | None = None
+) -> Rollout:
+    """Stop for good: nodes stay where they are; assignments not yet delivered are cleared."""
+    from sentinel_cp.nodes import Node
+
+    now = now or utcnow()
+    rollout = _act(actor, rollout_id, "cancel", ("pending", "running", "paused"), now)
+    before = rollout.state
+    undelivered = [
+        row.node_id
+        for row in _deliveries(rollout.id).values()
+        if row.state in ("assigned", "downloaded", "staged")
+    ]
+    if undelivered:
+        db.session.execute(
+            update(Node)
+            .where(Node.id.in_(undelivered), Node.assigned_rollout_id == rollout.id)
+            .values(assigned_bundle_id=Node.active_bundle_id, assigned_rollout_id=None)
+            .execution_options(synchronize_session=False)
+        )
+    _set_state(rollout, "cancelled", "operator_cancelled", reason or "cancelled", now)
+    rollout.finished_at = now
+    _operator_audit(actor, rollout, "rollout.cancelled", before, reason, now)
+    return rollout
+
+
+def _operator_audit(
+    actor: Actor, rollout: Rollout, action: str, before: str, reason: str | None, now: datetime
+) -> None:
+    audit.record(
+        actor,
+        action,
+        resource_type="rollout",
+        resource_id=rollout.id,
+        project_id=rollout.project_id,
+        changes={"state": [before, rollout.state]},
+        metadata={"reason": reason} if reason else None,
+        now=now,
+    )
+    events.publish_after_commit(rollout.project_id, "rollout", rollout.id, rollout.state)
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Cron: start due scheduled rollouts, and request a tick for every running one."""
+    now = now or utcnow()
+    due = db.session.scalars(
+        select(Rollout.id).where(
+            Rollout.state == "pending",
+            Rollout.scheduled_at.is_not(None),
+            Rollout.scheduled_at <= now,
+            or_(Rollout.approval_state == "not_required", Rollout.approval_state == "approved"),
+        )
+    ).all()
+    started = 0
+    for rollout_id in due:
+        rollout = _lock(rollout_id, now)
+        if rollout is not None and rollout.state == "pending":
+            _start(Actor.system("scheduler"), rollout, now)
+            events.publish_after_commit(rollout.project_id, "rollout", rollout.id, "running")
+            started += 1
+        db.session.commit()
+    running = db.session.scalars(select(Rollout.id).where(Rollout.state == "running")).all()
+    for rollout_id in running:
+        jobqueue.enqueue_now(
+            "tick_rollout", str(rollout_id), job_id=f"tick-{rollout_id}", queue="default"
+        )
+    return {"started": started, "ticked": len(running)}
+
+
+# --- describing -----------------------------------------------------------------------------
+
+
+def describe(rollout: Rollout) -> dict[str, Any]:
+    """The rollout with its steps (each with its nodes), progress and the latest gates."""
+    steps = _steps(rollout.id)
+    deliveries = _deliveries(rollout.id)
+    rows = _node_rows([uuid.UUID(n) for step in steps for n in step.node_ids])
+    progress = {"total": 0, "pending": 0, "in_progress": 0, "verified": 0, "failed": 0}
+    progress["skipped"] = 0
+    step_dicts = []
+    for step in steps:
+        nodes = []
+        for raw in step.node_ids:
+            node_id = uuid.UUID(raw)
+            delivery = deliveries.get(node_id)
+            state = delivery.state if delivery else "pending"
+            nodes.append(
+                {
+                    "node_id": raw,
+                    "name": rows[node_id].name if node_id in rows else None,
+                    "state": state,
+                    "reason": delivery.reason if delivery else None,
+                }
+            )
+            progress["total"] += 1
+            if state == "verified":
+                progress["verified"] += 1
+            elif state in ("failed", "rolled_back"):
+                progress["failed"] += 1
+            elif state == "skipped":
+                progress["skipped"] += 1
+            elif state == "pending":
+                progress["pending"] += 1
+            else:
+                progress["in_progress"] += 1
+        step_dicts.append(
+            {
+                "index": step.index,
+                "kind": step.kind,
+                "state": step.state,
+                "reason": step.reason,
+                "started_at": _iso(step.started_at),
+                "baking_since": _iso(step.baking_since),
+                "finished_at": _iso(step.finished_at),
+                "gates": step.gate_verdict,
+                "nodes": nodes,
+            }
+        )
+    active = next((s for s in step_dicts if s["state"] in ("running", "baking")), None)
+    return {
+        "id": str(rollout.id),
+        "state": rollout.state,
+        "approval_state": rollout.approval_state,
+        "strategy": rollout.strategy,
+        "bundle_id": rollout.bundle_id,
+        "target_selector": rollout.target_selector,
+        "config": rollout.config,
+        "reason": rollout.reason,
+        "details": rollout.details,
+        "created_by": rollout.created_by,
+        "created_at": _iso(rollout.created_at),
+        "scheduled_at": _iso(rollout.scheduled_at),
+        "started_at": _iso(rollout.started_at),
+        "finished_at": _iso(rollout.finished_at),
+        "steps": step_dicts,
+        "progress": progress,
+        "gates": active["gates"] if active else None,
+    }
+
+
+def list_rollouts(
+    project_id: uuid.UUID, *, state: str | None, limit: int, cursor: str | None
+) -> Page[Rollout]:
+    """Newest first; the cursor is (created_at, id), stable under inserts."""
+    where = [Rollout.project_id == project_id]
+    if state is not None:
+        where.append(Rollout.state == state)
+    total = db.session.scalar(select(func.count()).select_from(Rollout).where(*where)) or 0
+    query = select(Rollout).where(*where)
+    if cursor is not None:
+        created, after = decode_cursor(cursor, (str, str))
+        at = datetime.fromisoformat(created)
+        query = query.where(
+            or_(
+                Rollout.created_at < at,
+                and_(Rollout.created_at == at, Rollout.id < uuid.UUID(after)),
+            )
+        )
+    rows = list(
+        db.session.scalars(
+            query.order_by(Rollout.created_at.desc(), Rollout.id.desc()).limit(limit + 1)
+        )
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
+    return Page(rows[:limit], next_cursor, total)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

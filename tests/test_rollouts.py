@@ -1,0 +1,282 @@
+"""Rollouts through the API with real ticks on a real RQ worker: plan, create, advance step by
+step on node reports and heartbeats, pause on failures, operator actions, conflicts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from bundle_helpers import (
+    CONFIG,
+    operator_key,
+    register_node,
+    route_config,
+    run_jobs,
+    setup_project,
+    submit,
+)
+from conftest import bearer, make_key, make_user
+from sqlalchemy import func, select, update
+
+from sentinel_cp.audit import AuditLog
+from sentinel_cp.bundles.models import NodeBundleStatus
+from sentinel_cp.db import db, utcnow
+from sentinel_cp.nodes import Node
+from sentinel_cp.rollouts.models import Rollout
+
+BASE = "/api/v1/projects/default"
+
+
+@pytest.fixture
+def key(app: Any) -> str:
+    setup_project(app)
+    make_user(app, "ops@example.com", "admin")
+    return make_key(
+        app,
+        "ops@example.com",
+        ["bundles:read", "bundles:write", "nodes:read", "rollouts:read", "rollouts:write"],
+    )
+
+
+@pytest.fixture
+def bundle_id(client: Any, app: Any, backend: Any, key: str) -> str:
+    bundle = submit(client, key, CONFIG, "v1").get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    return str(bundle)
+
+
+@pytest.fixture
+def fleet(client: Any, app: Any) -> list[tuple[str, str]]:
+    nodes = [register_node(client, f"edge-{i}") for i in range(4)]
+    for node_id, node_key in nodes:
+        beat(client, app, node_id, node_key)
+    return nodes
+
+
+def beat(client: Any, app: Any, node_id: str, node_key: str, **body: Any) -> Any:
+    """A heartbeat now (the 1/s limit is rewound: these tests act faster than a node)."""
+    with app.app_context():
+        db.session.execute(
+            update(Node).where(Node.id == uuid.UUID(node_id)).values(last_heartbeat_at=None)
+        )
+        db.session.commit()
+    payload = {"health": {"status": "healthy"}, "metrics": {"error_rate": 0.1}, **body}
+    response = client.post(
+        f"/api/v1/nodes/{node_id}/heartbeat",
+        json=payload,
+        headers={"X-Sentinel-Node-Key": node_key},
+    )
+    assert response.status_code == 200, response.get_json()
+    return response
+
+
+def apply_bundle(client: Any, app: Any, node: tuple[str, str], bundle_id: str) -> None:
+    """What a healthy agent does: report each state, then heartbeat with the new bundle."""
+    node_id, node_key = node
+    for state in ("downloaded", "staged", "activated", "verified"):
+        response = client.post(
+            f"/api/v1/nodes/{node_id}/bundles/{bundle_id}/{state}",
+            json={},
+            headers={"X-Sentinel-Node-Key": node_key},
+        )
+        assert response.status_code == 200, response.get_json()
+    beat(client, app, node_id, node_key, active_bundle_id=bundle_id)
+
+
+def create(client: Any, key: str, **body: Any) -> Any:
+    return client.post(f"{BASE}/rollouts", json=body, headers=bearer(key))
+
+
+def show(client: Any, key: str, rollout_id: str) -> dict[str, Any]:
+    response = client.get(f"{BASE}/rollouts/{rollout_id}", headers=bearer(key))
+    assert response.status_code == 200
+    return dict(response.get_json())
+
+
+def assigned(app: Any, nodes: list[tuple[str, str]], bundle_id: str) -> list[str]:
+    with app.app_context():
+        ids = [uuid.UUID(n) for n, _ in nodes]
+        rows = db.session.scalars(
+            select(Node.name).where(Node.id.in_(ids), Node.assigned_bundle_id == bundle_id)
+        ).all()
+    return sorted(rows)
+
+
+def test_plan_is_a_dry_run_ordered_by_name(
+    client: Any, app: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    response = client.post(
+        f"{BASE}/rollouts/plan",
+        json={"bundle_id": bundle_id, "strategy": "rolling", "batch_size": 3},
+        headers=bearer(key),
+    )
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert [[n["name"] for n in s["nodes"]] for s in body["steps"]] == [
+        ["edge-0", "edge-1", "edge-2"],
+        ["edge-3"],
+    ]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Rollout)) == 0
+
+
+def test_a_rolling_rollout_completes_step_by_step(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    response = create(client, key, bundle_id=bundle_id, strategy="rolling", batch_size=2)
+    assert response.status_code == 201, response.get_json()
+    rollout_id = response.get_json()["id"]
+    assert response.get_json()["state"] == "running"
+    run_jobs(app, backend.redis_url)
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1"]
+    for node in fleet[:2]:
+        apply_bundle(client, app, node, bundle_id)
+    run_jobs(app, backend.redis_url)
+    body = show(client, key, rollout_id)
+    assert [s["state"] for s in body["steps"]] == ["completed", "running"]
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1", "edge-2", "edge-3"]
+    for node in fleet[2:]:
+        apply_bundle(client, app, node, bundle_id)
+    run_jobs(app, backend.redis_url)
+    body = show(client, key, rollout_id)
+    assert body["state"] == "completed", body
+    assert body["progress"]["verified"] == 4
+    with app.app_context():
+        expected = db.session.scalars(select(Node.expected_bundle_id)).all()
+        assert set(expected) == {bundle_id}
+        actions = db.session.scalars(
+            select(AuditLog.action)
+            .where(AuditLog.resource_id == rollout_id)
+            .order_by(AuditLog.seq)
+        ).all()
+    assert actions[:2] == ["rollout.created", "rollout.started"]
+    assert actions.count("rollout.step_started") == 2
+    assert actions.count("rollout.step_completed") == 2
+    assert actions[-1] == "rollout.completed"
+
+
+def test_replaying_a_tick_changes_nothing(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    from sentinel_cp.rollouts import engine
+
+    rollout_id = create(client, key, bundle_id=bundle_id, batch_size=2).get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    with app.app_context():
+        count = db.session.scalar(select(func.count()).select_from(AuditLog))
+        assert engine.tick(uuid.UUID(rollout_id)) == []
+        assert engine.tick(uuid.UUID(rollout_id)) == []
+        assert db.session.scalar(select(func.count()).select_from(AuditLog)) == count
+
+
+def test_a_failed_node_pauses_the_rollout_with_the_reason(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    rollout_id = create(client, key, bundle_id=bundle_id, batch_size=2).get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    node_id, node_key = fleet[0]
+    client.post(
+        f"/api/v1/nodes/{node_id}/bundles/{bundle_id}/failed",
+        json={"reason": "health check failed"},
+        headers={"X-Sentinel-Node-Key": node_key},
+    )
+    run_jobs(app, backend.redis_url)
+    body = show(client, key, rollout_id)
+    assert body["state"] == "paused"
+    assert body["reason"] == "max_failures_exceeded"
+    assert body["steps"][0]["state"] == "failed"
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1"]  # step 2 never started
+
+
+def test_overlapping_rollouts_conflict_unless_busy_nodes_are_skipped(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    first = create(client, key, bundle_id=bundle_id, batch_size=2).get_json()["id"]
+    other = submit(client, key, route_config(2), "v2").get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    refused = create(client, key, bundle_id=other)
+    assert refused.status_code == 409
+    assert first in refused.get_json()["error"]
+    skipped = create(client, key, bundle_id=other, skip_busy_nodes=True)
+    assert skipped.status_code == 422  # every target is busy: nothing left
+
+
+def test_pause_resume_and_cancel_move_the_state_and_refuse_illegal_actions(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    rollout_id = create(client, key, bundle_id=bundle_id, batch_size=2).get_json()["id"]
+    url = f"{BASE}/rollouts/{rollout_id}"
+    paused = client.post(f"{url}/pause", json={"reason": "lunch"}, headers=bearer(key))
+    assert paused.status_code == 200 and paused.get_json()["state"] == "paused"
+    again = client.post(f"{url}/pause", json={}, headers=bearer(key))
+    assert again.status_code == 409 and "paused" in again.get_json()["error"]
+    run_jobs(app, backend.redis_url)
+    assert assigned(app, fleet, bundle_id) == []  # a paused rollout starts no step
+    resumed = client.post(f"{url}/resume", json={}, headers=bearer(key))
+    assert resumed.get_json()["state"] == "running"
+    run_jobs(app, backend.redis_url)
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1"]
+    cancelled = client.post(f"{url}/cancel", json={"reason": "wrong bundle"}, headers=bearer(key))
+    assert cancelled.get_json()["state"] == "cancelled"
+    assert assigned(app, fleet, bundle_id) == []  # undelivered assignments taken back
+    assert client.post(f"{url}/resume", json={}, headers=bearer(key)).status_code == 409
+
+
+def test_a_revoked_bundle_cannot_be_rolled_out_and_fails_a_running_rollout(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    rollout_id = create(client, key, bundle_id=bundle_id, batch_size=2).get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    client.post(f"{BASE}/bundles/{bundle_id}/revoke", json={}, headers=bearer(key))
+    with app.app_context():
+        from sentinel_cp.rollouts import engine
+
+        engine.tick(uuid.UUID(rollout_id))
+    body = show(client, key, rollout_id)
+    assert body["state"] == "failed" and body["reason"] == "bundle_revoked"
+    refused = create(client, key, bundle_id=bundle_id)
+    assert refused.status_code == 409
+    assert refused.get_json()["code"] == "bundle_revoked"
+
+
+def test_bad_rollout_requests_name_the_field(
+    client: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    cases = [
+        ({"bundle_id": bundle_id, "batch_size": 0}, "batch_size"),
+        ({"bundle_id": bundle_id, "on_failure": "rollback"}, "on_failure"),
+        ({"bundle_id": bundle_id, "target_selector": {"node_ids": [str(uuid.uuid4())]}}, "node"),
+        ({"bundle_id": bundle_id, "strategy": "yolo"}, "strategy"),
+    ]
+    for body, field in cases:
+        response = create(client, key, **body)
+        assert response.status_code == 422, (body, response.get_json())
+        assert field in str(response.get_json()["fields"]), response.get_json()
+    unknown = create(client, key, bundle_id="f" * 64)
+    assert unknown.status_code == 404
+
+
+def test_a_reader_sees_rollouts_but_cannot_act(
+    client: Any, app: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    rollout_id = create(client, key, bundle_id=bundle_id).get_json()["id"]
+    make_user(app, "reader@example.com", "reader")
+    reader = make_key(app, "reader@example.com", ["rollouts:read"])
+    assert client.get(f"{BASE}/rollouts", headers=bearer(reader)).get_json()["total"] == 1
+    refused = client.post(f"{BASE}/rollouts/{rollout_id}/pause", json={}, headers=bearer(reader))
+    assert refused.status_code == 403
+
+
+def test_delivery_rows_record_the_previous_bundle(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    create(client, key, bundle_id=bundle_id, strategy="all_at_once")
+    run_jobs(app, backend.redis_url)
+    with app.app_context():
+        rows = db.session.scalars(select(NodeBundleStatus)).all()
+        assert len(rows) == 4
+        assert {r.state for r in rows} == {"assigned"}
+        assert {r.previous_bundle_id for r in rows} == {None}
+        assert {r.step_index for r in rows} == {0}
+    _ = utcnow, operator_key
