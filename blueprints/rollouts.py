@@ -1,5 +1,5 @@
-"""Rollouts for operators: plan (dry run), create (and start), list, show, pause, resume,
-cancel."""
+"""Rollouts for operators: plan (dry run), create (and start), list, show, and the actions
+pause, resume, cancel, approve, reject, promote, rollback."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from blueprints.projects import visible_project
 from blueprints.schemas import (
     ListOut,
     RolloutActionIn,
+    RolloutApproveIn,
     RolloutCreateIn,
     RolloutOut,
     RolloutPlanOut,
     RolloutQuery,
+    RolloutRejectIn,
     RolloutResumeIn,
 )
 from sentinel_cp.accounts import Principal
@@ -70,9 +72,7 @@ def plan(principal: Principal, slug: str, body: RolloutCreateIn) -> dict[str, An
 )
 def create(principal: Principal, slug: str, body: RolloutCreateIn) -> tuple[Any, int]:
     project = visible_project(principal, slug)
-    rollout = engine.create(
-        principal.actor, project, _request(body), user_id=getattr(principal, "user_id", None)
-    )
+    rollout = engine.create(principal.actor, project, _request(body), user_id=principal.user.id)
     db.session.commit()
     return engine.describe(rollout), 201
 
@@ -164,5 +164,69 @@ def resume(principal: Principal, slug: str, rollout_id: str, body: RolloutResume
 def cancel(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
     engine.cancel(principal.actor, rollout.id, reason=body.reason)
+    db.session.commit()
+    return engine.describe(rollout)
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>/approve",
+    "POST",
+    summary="Approve a rollout waiting for approval (not its creator; once per person)",
+    scope=WRITE,
+    body=RolloutApproveIn,
+    response=RolloutOut,
+)
+def approve(principal: Principal, slug: str, rollout_id: str, body: RolloutApproveIn) -> Any:
+    rollout = _rollout(principal, slug, rollout_id)
+    engine.approve(principal.actor, rollout.id, user_id=principal.user.id, comment=body.comment)
+    db.session.commit()
+    return engine.describe(rollout)
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>/reject",
+    "POST",
+    summary="Reject a rollout waiting for approval (a comment is required)",
+    scope=WRITE,
+    body=RolloutRejectIn,
+    response=RolloutOut,
+)
+def reject(principal: Principal, slug: str, rollout_id: str, body: RolloutRejectIn) -> Any:
+    rollout = _rollout(principal, slug, rollout_id)
+    engine.reject(principal.actor, rollout.id, user_id=principal.user.id, comment=body.comment)
+    db.session.commit()
+    return engine.describe(rollout)
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>/promote",
+    "POST",
+    summary="Blue-green: promote after the standby set passed its gates",
+    scope=WRITE,
+    body=RolloutActionIn,
+    response=RolloutOut,
+)
+def promote(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
+    rollout = _rollout(principal, slug, rollout_id)
+    engine.promote(principal.actor, rollout.id, reason=body.reason)
+    db.session.commit()
+    return engine.describe(rollout)
+
+
+@route(
+    bp,
+    "/rollouts/<rollout_id>/rollback",
+    "POST",
+    summary="Send every node this rollout moved back to its previous bundle, all at once",
+    scope=WRITE,
+    body=RolloutActionIn,
+    response=RolloutOut,
+)
+def rollback(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
+    rollout = _rollout(principal, slug, rollout_id)
+    engine.rollback(principal.actor, rollout.id, reason=body.reason)
     db.session.commit()
     return engine.describe(rollout)

@@ -762,6 +762,8 @@ class RolloutOut(Out):
     config: dict[str, Any]
     reason: str | None
     details: dict[str, Any]
+    rollback_of: str | None
+    approvals_required: int
     created_by: str | None
     created_at: datetime
     scheduled_at: datetime | None
@@ -797,3 +799,11 @@ class RolloutPlanOut(Out):
     steps: list[dict[str, Any]]
     skipped_busy: list[str]
     conflicts: list[str]
+
+
+class RolloutApproveIn(Body):
+    comment: str | None = Field(None, max_length=1000)
+
+
+class RolloutRejectIn(Body):
+    comment: str = Field(min_length=1, max_length=1000)

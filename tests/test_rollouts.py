@@ -146,9 +146,7 @@ def test_a_rolling_rollout_completes_step_by_step(
         expected = db.session.scalars(select(Node.expected_bundle_id)).all()
         assert set(expected) == {bundle_id}
         actions = db.session.scalars(
-            select(AuditLog.action)
-            .where(AuditLog.resource_id == rollout_id)
-            .order_by(AuditLog.seq)
+            select(AuditLog.action).where(AuditLog.resource_id == rollout_id).order_by(AuditLog.seq)
         ).all()
     assert actions[:2] == ["rollout.created", "rollout.started"]
     assert actions.count("rollout.step_started") == 2
@@ -245,7 +243,7 @@ def test_bad_rollout_requests_name_the_field(
 ) -> None:
     cases = [
         ({"bundle_id": bundle_id, "batch_size": 0}, "batch_size"),
-        ({"bundle_id": bundle_id, "on_failure": "rollback"}, "on_failure"),
+        ({"bundle_id": bundle_id, "on_failure": "retry"}, "on_failure"),
         ({"bundle_id": bundle_id, "target_selector": {"node_ids": [str(uuid.uuid4())]}}, "node"),
         ({"bundle_id": bundle_id, "strategy": "yolo"}, "strategy"),
     ]
@@ -280,3 +278,123 @@ def test_delivery_rows_record_the_previous_bundle(
         assert {r.previous_bundle_id for r in rows} == {None}
         assert {r.step_index for r in rows} == {0}
     _ = utcnow, operator_key
+
+
+def finish(client: Any, app: Any, backend: Any, key: str, nodes: Any, bundle_id: str) -> str:
+    """Roll `bundle_id` out to `nodes` all at once and let every node apply it."""
+    rollout_id = create(client, key, bundle_id=bundle_id, strategy="all_at_once").get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    for node in nodes:
+        apply_bundle(client, app, node, bundle_id)
+    run_jobs(app, backend.redis_url)
+    assert show(client, key, rollout_id)["state"] == "completed"
+    return str(rollout_id)
+
+
+def actives(app: Any) -> set[str | None]:
+    with app.app_context():
+        return set(db.session.scalars(select(Node.active_bundle_id)).all())
+
+
+def test_rollback_returns_every_node_to_its_previous_bundle(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    finish(client, app, backend, key, fleet, bundle_id)
+    newer = submit(client, key, route_config(3), "v2").get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    bad = finish(client, app, backend, key, fleet, newer)
+    assert actives(app) == {newer}
+    response = client.post(
+        f"{BASE}/rollouts/{bad}/rollback", json={"reason": "5xx spike"}, headers=bearer(key)
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["state"] == "rolling_back"
+    back_id = response.get_json()["details"]["rollback_rollout_id"]
+    run_jobs(app, backend.redis_url)
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1", "edge-2", "edge-3"]
+    for node in fleet:
+        apply_bundle(client, app, node, bundle_id)
+    run_jobs(app, backend.redis_url)
+    back = show(client, key, back_id)
+    assert back["state"] == "completed" and back["rollback_of"] == bad
+    assert show(client, key, bad)["state"] == "rolled_back"
+    assert actives(app) == {bundle_id}
+    with app.app_context():
+        assert set(db.session.scalars(select(Node.expected_bundle_id)).all()) == {bundle_id}
+    again = client.post(f"{BASE}/rollouts/{bad}/rollback", json={}, headers=bearer(key))
+    assert again.status_code == 409
+
+
+def test_on_failure_rollback_rolls_back_the_touched_nodes_automatically(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    finish(client, app, backend, key, fleet, bundle_id)
+    newer = submit(client, key, route_config(3), "v2").get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    rollout_id = create(
+        client, key, bundle_id=newer, batch_size=2, on_failure="rollback"
+    ).get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    apply_bundle(client, app, fleet[0], newer)
+    node_id, node_key = fleet[1]
+    client.post(
+        f"/api/v1/nodes/{node_id}/bundles/{newer}/failed",
+        json={"reason": "proxy test failed"},
+        headers={"X-Sentinel-Node-Key": node_key},
+    )
+    run_jobs(app, backend.redis_url)
+    body = show(client, key, rollout_id)
+    assert body["state"] == "rolling_back" and body["reason"] == "max_failures_exceeded"
+    # only the two touched nodes go back; the others never left the old bundle
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1", "edge-2", "edge-3"]
+    with app.app_context():
+        rows = db.session.scalars(
+            select(NodeBundleStatus.node_id).where(
+                NodeBundleStatus.bundle_id == bundle_id, NodeBundleStatus.state == "assigned"
+            )
+        ).all()
+    assert sorted(str(r) for r in rows) == sorted([fleet[0][0], fleet[1][0]])
+
+
+def test_approvals_gate_the_start_and_refuse_self_approval(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    client.patch(BASE, json={"settings": {"approvals_required": 1}}, headers=bearer(admin_key(app)))
+    body = create(client, key, bundle_id=bundle_id).get_json()
+    assert (body["state"], body["approval_state"]) == ("pending", "pending_approval")
+    url = f"{BASE}/rollouts/{body['id']}"
+    own = client.post(f"{url}/approve", json={}, headers=bearer(key))
+    assert own.status_code == 409 and own.get_json()["code"] == "self_approval"
+    make_user(app, "second@example.com", "operator")
+    second = make_key(app, "second@example.com", ["rollouts:read", "rollouts:write"])
+    assert client.post(f"{url}/reject", json={}, headers=bearer(second)).status_code == 422
+    approved = client.post(f"{url}/approve", json={"comment": "ok"}, headers=bearer(second))
+    assert approved.status_code == 200, approved.get_json()
+    assert (approved.get_json()["state"], approved.get_json()["approval_state"]) == (
+        "running",
+        "approved",
+    )
+
+
+def admin_key(app: Any) -> str:
+    make_user(app, "root@example.com", "admin")
+    return make_key(app, "root@example.com", ["projects:admin"])
+
+
+def test_blue_green_waits_for_promotion_after_the_standby_set(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    rollout_id = create(client, key, bundle_id=bundle_id, strategy="blue_green").get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1"]
+    for node in fleet[:2]:
+        apply_bundle(client, app, node, bundle_id)
+    run_jobs(app, backend.redis_url)
+    body = show(client, key, rollout_id)
+    assert (body["state"], body["reason"]) == ("paused", "awaiting_promotion")
+    url = f"{BASE}/rollouts/{rollout_id}"
+    assert client.post(f"{url}/resume", json={}, headers=bearer(key)).status_code == 409
+    promoted = client.post(f"{url}/promote", json={}, headers=bearer(key))
+    assert promoted.status_code == 200 and promoted.get_json()["state"] == "running"
+    run_jobs(app, backend.redis_url)
+    assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1", "edge-2", "edge-3"]

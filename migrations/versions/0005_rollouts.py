@@ -93,6 +93,7 @@ def upgrade():
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('node_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('node_targets', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('skipped_node_ids', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('started_at', sentinel_cp.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('baking_since', sentinel_cp.db.UTCDateTime(timezone=True), nullable=True),

@@ -138,11 +138,6 @@ def plan(project: Project, request: Mapping[str, Any]) -> Plan:
     config = RolloutConfig.from_dict(
         request.get("config") or {}, standby_slot=settings.standby_slot
     )
-    if config.on_failure == "rollback":
-        raise Invalid(
-            "Automatic rollback is not available yet",
-            fields={"on_failure": ["only 'pause' is supported in this version"]},
-        )
     selector = dict(request.get("target_selector") or {"all": True})
     nodes = _project_nodes(project.id)
     targets = planner.select_targets(nodes, _resolve_selector(project.id, selector))
@@ -185,12 +180,17 @@ def create(
             "No nodes to roll out to", fields={"target_selector": ["matches no available node"]}
         )
     scheduled_at = request.get("scheduled_at")
+    settings = project.config
+    required = settings.approvals_required
+    if planned.bundle.risk_level == "high":
+        required = max(required, settings.approvals_required_high_risk)
     rollout = Rollout(
         id=uuid.uuid4(),
         project_id=project.id,
         bundle_id=planned.bundle.id,
         state="pending",
-        approval_state="not_required",
+        approval_state="pending_approval" if required else "not_required",
+        approvals_required=required,
         strategy=planned.config.strategy,
         target_selector=planned.selector,
         config=planned.config.to_dict(),
@@ -229,7 +229,11 @@ def create(
         },
         now=now,
     )
-    if request.get("start", True) and (scheduled_at is None or scheduled_at <= now):
+    if (
+        request.get("start", True)
+        and not required
+        and (scheduled_at is None or scheduled_at <= now)
+    ):
         _start(actor, rollout, now)
     events.publish_after_commit(project.id, "rollout", rollout.id, rollout.state)
     return rollout
@@ -319,6 +323,8 @@ def build_view(rollout: Rollout, steps: list[RolloutStep], now: datetime) -> Rol
     project = db.session.get(Project, rollout.project_id)
     assert project is not None
 
+    targets = {k: v for step in steps for k, v in (step.node_targets or {}).items()}
+
     def node_view(node_id: uuid.UUID) -> NodeView:
         row = rows.get(node_id)
         delivery = deliveries.get(node_id)
@@ -333,6 +339,7 @@ def build_view(rollout: Rollout, steps: list[RolloutStep], now: datetime) -> Rol
             health_status=(row.health or {}).get("status") if row else None,
             metrics=dict(row.metrics or {}) if row else {},
             reason=delivery.reason if delivery else None,
+            target_bundle_id=targets.get(str(node_id)),
         )
 
     step_views = tuple(
@@ -411,13 +418,7 @@ def _apply(rollout: Rollout, steps: list[RolloutStep], action: Action, now: date
         step.state, step.started_at, step.finished_at = "running", now, None
         step.baking_since = step.gates_passing_since = step.gates_failing_since = None
         step.resumed_at, step.reason = None, None
-        distribution.assign(
-            bundle,
-            list(action.assign_node_ids),
-            rollout_id=rollout.id,
-            step_index=action.index,
-            now=now,
-        )
+        _assign(rollout, step, bundle, action.assign_node_ids, action.index, now)
         _skip(rollout, bundle, action.index, action.skip_node_ids, now)
     elif isinstance(action, StartBaking):
         step = by_index[action.index]
@@ -441,9 +442,13 @@ def _apply(rollout: Rollout, steps: list[RolloutStep], action: Action, now: date
         step.state, step.finished_at, step.reason = "failed", now, action.reason
         if action.verdict is not None:
             step.gate_verdict = action.verdict.to_dict()
-        # `on_failure: rollback` is refused at creation until rollback rollouts exist.
         meta = {**_plain(action.metadata), "step_index": action.index}
-        _set_state(rollout, "paused", action.reason, action.details, now, meta)
+        if action.then == "rollback":
+            # one audit row (the step failure) carries the rollout's running → rolling_back
+            _set_state(rollout, "rolling_back", action.reason, action.details, now, meta)
+            _create_rollback(ENGINE, rollout, now)
+        else:
+            _set_state(rollout, "paused", action.reason, action.details, now, meta)
     elif isinstance(action, Pause | AwaitPromotion):
         _set_state(rollout, "paused", action.reason, action.details, now, _plain(action.metadata))
     elif isinstance(action, Fail):
@@ -455,7 +460,13 @@ def _apply(rollout: Rollout, steps: list[RolloutStep], action: Action, now: date
     elif isinstance(action, Complete):
         _set_state(rollout, "completed", action.reason, action.details, now)
         rollout.finished_at = now
-        _expect(rollout, action.verified_node_ids)
+        _expect(rollout, steps, action.verified_node_ids)
+        if rollout.rollback_of is not None:
+            _finish_rolled_back(rollout, now)
+    _audit_and_publish(rollout, action, before, now)
+
+
+def _audit_and_publish(rollout: Rollout, action: Action, before: str, now: datetime) -> None:
     if action.audit_action is not None:
         changes = {"state": [before, rollout.state]} if before != rollout.state else None
         audit.record(
@@ -557,16 +568,40 @@ def _mark_verified(rollout: Rollout, node_ids: Sequence[uuid.UUID], now: datetim
             row.activated_at = row.activated_at or now
 
 
-def _expect(rollout: Rollout, node_ids: Sequence[uuid.UUID]) -> None:
+def _expect(rollout: Rollout, steps: list[RolloutStep], node_ids: Sequence[uuid.UUID]) -> None:
+    """Completed: each verified node is expected to run its target from now on (drift)."""
     from sentinel_cp.nodes import Node
 
-    if node_ids:
+    targets = {k: v for step in steps for k, v in (step.node_targets or {}).items()}
+    by_target: dict[str, list[uuid.UUID]] = {}
+    for node_id in node_ids:
+        by_target.setdefault(targets.get(str(node_id), rollout.bundle_id), []).append(node_id)
+    for target, ids in by_target.items():
         db.session.execute(
             update(Node)
-            .where(Node.id.in_(list(node_ids)))
-            .values(expected_bundle_id=rollout.bundle_id)
+            .where(Node.id.in_(ids))
+            .values(expected_bundle_id=target)
             .execution_options(synchronize_session=False)
         )
+
+
+def _assign(
+    rollout: Rollout,
+    step: RolloutStep,
+    bundle: Bundle,
+    node_ids: Sequence[uuid.UUID],
+    index: int,
+    now: datetime,
+) -> None:
+    """Assign each node its target: the rollout's bundle, or (rollback) its own previous one."""
+    by_target: dict[str, list[uuid.UUID]] = {}
+    for node_id in node_ids:
+        target = (step.node_targets or {}).get(str(node_id), bundle.id)
+        by_target.setdefault(target, []).append(node_id)
+    for target, ids in by_target.items():
+        target_bundle = bundle if target == bundle.id else db.session.get(Bundle, target)
+        assert target_bundle is not None
+        distribution.assign(target_bundle, ids, rollout_id=rollout.id, step_index=index, now=now)
 
 
 # --- operator actions -----------------------------------------------------------------------
@@ -608,7 +643,15 @@ def resume(
     now: datetime | None = None,
 ) -> Rollout:
     now = now or utcnow()
-    rollout = _act(actor, rollout_id, "resume", ("paused",), now)
+    rollout = _act(actor, rollout_id, "resume", ("paused", "pending"), now)
+    if rollout.state == "pending":
+        if rollout.approval_state not in ("not_required", "approved"):
+            raise Conflict(
+                f"Approval is {rollout.approval_state}", code=f"approval_{rollout.approval_state}"
+            )
+        _start(actor, rollout, now)
+        events.publish_after_commit(rollout.project_id, "rollout", rollout.id, "running")
+        return rollout
     if rollout.reason == "awaiting_promotion":
         raise Conflict(
             "This blue-green rollout waits for promotion, not a resume", code="awaiting_promotion"
@@ -670,6 +713,257 @@ def _operator_audit(
         now=now,
     )
     events.publish_after_commit(rollout.project_id, "rollout", rollout.id, rollout.state)
+
+
+# --- rollback, approvals, promotion ---------------------------------------------------------
+
+
+def rollback(
+    actor: Actor, rollout_id: uuid.UUID, *, reason: str | None, now: datetime | None = None
+) -> Rollout:
+    """Send every node this rollout assigned back to its own previous bundle, all at once."""
+    now = now or utcnow()
+    rollout = _act(
+        actor, rollout_id, "roll back", ("running", "paused", "failed", "completed"), now
+    )
+    if rollout.rollback_of is not None:
+        raise Conflict("A rollback cannot itself be rolled back", code="rollout_is_rollback")
+    before = rollout.state
+    for step in _steps(rollout.id):
+        if step.state in ("running", "baking"):
+            step.state, step.finished_at, step.reason = "failed", now, "rolled_back"
+    _set_state(rollout, "rolling_back", "operator_rollback", reason or "rolled back", now)
+    created = _create_rollback(actor, rollout, now)
+    _operator_audit(actor, rollout, "rollout.rolling_back", before, reason, now)
+    rollout.details = {**rollout.details, "rollback_rollout_id": str(created.id)}
+    return rollout
+
+
+def _create_rollback(actor: Actor, original: Rollout, now: datetime) -> Rollout:
+    """The linked all-at-once rollback rollout (started at once, no bake)."""
+    from sentinel_cp.nodes import Node
+
+    deliveries = [
+        row
+        for row in _deliveries(original.id).values()
+        if row.state not in ("pending", "skipped") and row.bundle_id == original.bundle_id
+    ]
+    targets: dict[str, str] = {}
+    unassigned: list[str] = []
+    for row in sorted(deliveries, key=lambda r: str(r.node_id)):
+        previous = (
+            db.session.get(Bundle, row.previous_bundle_id) if row.previous_bundle_id else None
+        )
+        if previous is not None and previous.distributable:
+            targets[str(row.node_id)] = previous.id
+        else:
+            unassigned.append(str(row.node_id))
+    if unassigned:
+        # nothing to go back to (or it was revoked/collected): stop offering the bad bundle
+        db.session.execute(
+            update(Node)
+            .where(Node.id.in_([uuid.UUID(n) for n in unassigned]))
+            .values(assigned_bundle_id=None, assigned_rollout_id=None)
+            .execution_options(synchronize_session=False)
+        )
+    counts: dict[str, int] = {}
+    for target in targets.values():
+        counts[target] = counts.get(target, 0) + 1
+    rollback = Rollout(
+        id=uuid.uuid4(),
+        project_id=original.project_id,
+        # the most common target names the rollback; each node still gets its own
+        bundle_id=max(counts, key=lambda b: counts[b]) if counts else original.bundle_id,
+        state="running" if targets else "completed",
+        approval_state="not_required",
+        strategy="all_at_once",
+        target_selector={"node_ids": sorted(targets)},
+        config=RolloutConfig.from_dict(
+            {"strategy": "all_at_once", "bake_s": 0, "max_failures": len(targets)}
+        ).to_dict(),
+        reason="rollback",
+        details={"rollback_of": str(original.id), "unassigned_node_ids": unassigned},
+        rollback_of=original.id,
+        created_by=actor.label,
+        created_at=now,
+        started_at=now,
+        finished_at=None if targets else now,
+        updated_at=now,
+    )
+    db.session.add(rollback)
+    db.session.flush()
+    if targets:
+        db.session.add(
+            RolloutStep(
+                rollout_id=rollback.id,
+                index=0,
+                kind="deploy",
+                state="pending",
+                node_ids=sorted(targets, key=lambda n: n),
+                node_targets=targets,
+                skipped_node_ids=[],
+            )
+        )
+    audit.record(
+        actor,
+        "rollout.created",
+        resource_type="rollout",
+        resource_id=rollback.id,
+        project_id=original.project_id,
+        metadata={
+            "rollback_of": str(original.id),
+            "nodes": len(targets),
+            "unassigned_node_ids": unassigned,
+        },
+        now=now,
+    )
+    original.details = {**original.details, "rollback_rollout_id": str(rollback.id)}
+    events.publish_after_commit(original.project_id, "rollout", rollback.id, rollback.state)
+    if targets:
+        request_tick(rollback.id)
+    else:
+        _finish_rolled_back(rollback, now)
+    return rollback
+
+
+def _finish_rolled_back(rollback: Rollout, now: datetime) -> None:
+    """The rollback completed: its original becomes `rolled_back`."""
+    original = db.session.get(Rollout, rollback.rollback_of)
+    if original is None or original.state != "rolling_back":
+        return
+    original.state, original.finished_at, original.updated_at = "rolled_back", now, now
+    audit.record(
+        ENGINE,
+        "rollout.rolled_back",
+        resource_type="rollout",
+        resource_id=original.id,
+        project_id=original.project_id,
+        changes={"state": ["rolling_back", "rolled_back"]},
+        metadata={"rollback_rollout_id": str(rollback.id)},
+        now=now,
+    )
+    events.publish_after_commit(original.project_id, "rollout", original.id, "rolled_back")
+
+
+def approve(
+    actor: Actor,
+    rollout_id: uuid.UUID,
+    *,
+    user_id: uuid.UUID,
+    comment: str | None,
+    now: datetime | None = None,
+) -> Rollout:
+    """One approval; the rollout starts when enough are in (no self-approval, once each)."""
+    from sentinel_cp.rollouts.models import RolloutApproval
+
+    now = now or utcnow()
+    rollout = _act(actor, rollout_id, "approve", ("pending",), now)
+    if rollout.approval_state != "pending_approval":
+        raise Conflict(
+            f"Approval is {rollout.approval_state}", code=f"approval_{rollout.approval_state}"
+        )
+    if rollout.created_by_user_id == user_id:
+        raise Conflict("The creator of a rollout cannot approve it", code="self_approval")
+    if db.session.scalar(
+        select(RolloutApproval.id).where(
+            RolloutApproval.rollout_id == rollout.id, RolloutApproval.user_id == user_id
+        )
+    ):
+        raise Conflict("You already approved this rollout", code="already_approved")
+    db.session.add(
+        RolloutApproval(
+            rollout_id=rollout.id,
+            user_id=user_id,
+            decision="approve",
+            comment=comment,
+            created_at=now,
+        )
+    )
+    db.session.flush()
+    count = db.session.scalar(
+        select(func.count())
+        .select_from(RolloutApproval)
+        .where(RolloutApproval.rollout_id == rollout.id, RolloutApproval.decision == "approve")
+    )
+    before = rollout.approval_state
+    if (count or 0) >= rollout.approvals_required:
+        rollout.approval_state = "approved"
+    audit.record(
+        actor,
+        "rollout.approved",
+        resource_type="rollout",
+        resource_id=rollout.id,
+        project_id=rollout.project_id,
+        changes={"approval_state": [before, rollout.approval_state]},
+        metadata={"approvals": count, "required": rollout.approvals_required, "comment": comment},
+        now=now,
+    )
+    if rollout.approval_state == "approved" and (
+        rollout.scheduled_at is None or rollout.scheduled_at <= now
+    ):
+        _start(ENGINE, rollout, now)
+    events.publish_after_commit(rollout.project_id, "rollout", rollout.id, rollout.state)
+    return rollout
+
+
+def reject(
+    actor: Actor,
+    rollout_id: uuid.UUID,
+    *,
+    user_id: uuid.UUID,
+    comment: str,
+    now: datetime | None = None,
+) -> Rollout:
+    from sentinel_cp.rollouts.models import RolloutApproval
+
+    now = now or utcnow()
+    if not comment or not comment.strip():
+        raise Invalid("A rejection needs a comment", fields={"comment": ["required"]})
+    rollout = _act(actor, rollout_id, "reject", ("pending",), now)
+    if rollout.approval_state != "pending_approval":
+        raise Conflict(
+            f"Approval is {rollout.approval_state}", code=f"approval_{rollout.approval_state}"
+        )
+    db.session.add(
+        RolloutApproval(
+            rollout_id=rollout.id,
+            user_id=user_id,
+            decision="reject",
+            comment=comment,
+            created_at=now,
+        )
+    )
+    rollout.approval_state = "rejected"
+    audit.record(
+        actor,
+        "rollout.rejected",
+        resource_type="rollout",
+        resource_id=rollout.id,
+        project_id=rollout.project_id,
+        changes={"approval_state": ["pending_approval", "rejected"]},
+        metadata={"comment": comment},
+        now=now,
+    )
+    events.publish_after_commit(rollout.project_id, "rollout", rollout.id, rollout.state)
+    return rollout
+
+
+def promote(
+    actor: Actor, rollout_id: uuid.UUID, *, reason: str | None, now: datetime | None = None
+) -> Rollout:
+    """Blue-green: the standby set passed its gates; roll the rest."""
+    now = now or utcnow()
+    rollout = _act(actor, rollout_id, "promote", ("paused",), now)
+    if rollout.reason != "awaiting_promotion":
+        raise Conflict(
+            "Only a blue-green rollout awaiting promotion can be promoted",
+            code="not_awaiting_promotion",
+        )
+    rollout.promoted = True
+    _set_state(rollout, "running", "promoted", reason or "promoted by an operator", now)
+    _operator_audit(actor, rollout, "rollout.promoted", "paused", reason, now)
+    request_tick(rollout.id)
+    return rollout
 
 
 # --- sweeps ---------------------------------------------------------------------------------
@@ -762,6 +1056,8 @@ def describe(rollout: Rollout) -> dict[str, Any]:
         "config": rollout.config,
         "reason": rollout.reason,
         "details": rollout.details,
+        "rollback_of": str(rollout.rollback_of) if rollout.rollback_of else None,
+        "approvals_required": rollout.approvals_required,
         "created_by": rollout.created_by,
         "created_at": _iso(rollout.created_at),
         "scheduled_at": _iso(rollout.scheduled_at),

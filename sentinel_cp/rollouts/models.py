@@ -79,6 +79,8 @@ class RolloutStep(db.Model):  # type: ignore[name-defined]
     kind: Mapped[str] = mapped_column(String(16), nullable=False, default="deploy")
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     node_ids: Mapped[list[str]] = mapped_column(JSONType, nullable=False)
+    # Rollback rollouts only: each node's own target (its previous bundle), by node id.
+    node_targets: Mapped[dict[str, str] | None] = mapped_column(JSONType)
     skipped_node_ids: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     baking_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
