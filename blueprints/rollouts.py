@@ -11,6 +11,9 @@ from blueprints.api import route
 from blueprints.ids import parse_uuid
 from blueprints.projects import visible_project
 from blueprints.schemas import (
+    FreezeWindowIn,
+    FreezeWindowOut,
+    ItemsOut,
     ListOut,
     RolloutActionIn,
     RolloutApproveIn,
@@ -20,22 +23,29 @@ from blueprints.schemas import (
     RolloutQuery,
     RolloutRejectIn,
     RolloutResumeIn,
+    RolloutTemplateIn,
+    RolloutTemplateOut,
+    StatusOut,
 )
 from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
-from sentinel_cp.rollouts import engine
+from sentinel_cp.rollouts import catalog, engine
 from sentinel_cp.rollouts.types import CONFIG_FIELDS
 
 bp = Blueprint("rollouts", __name__, url_prefix="/api/v1/projects/<slug>")
 READ, WRITE = "rollouts:read", "rollouts:write"
 
 
-def _request(body: RolloutCreateIn) -> dict[str, Any]:
+def _request(body: RolloutCreateIn, principal: Principal | None = None) -> dict[str, Any]:
     data = body.model_dump(exclude_none=True)
     selector = data.pop("target_selector", None)
+    if body.override_freeze is not None and principal is not None:
+        principal.require("projects:admin")  # only admins may roll out during a freeze
     return {
         "bundle_id": data.pop("bundle_id"),
-        "target_selector": selector or {"all": True},
+        "target_selector": selector,
+        "template": body.template,
+        "override_freeze": body.override_freeze,
         "config": {k: v for k, v in data.items() if k in CONFIG_FIELDS},
         "scheduled_at": body.scheduled_at,
         "start": body.start,
@@ -72,7 +82,9 @@ def plan(principal: Principal, slug: str, body: RolloutCreateIn) -> dict[str, An
 )
 def create(principal: Principal, slug: str, body: RolloutCreateIn) -> tuple[Any, int]:
     project = visible_project(principal, slug)
-    rollout = engine.create(principal.actor, project, _request(body), user_id=principal.user.id)
+    rollout = engine.create(
+        principal.actor, project, _request(body, principal), user_id=principal.user.id
+    )
     db.session.commit()
     return engine.describe(rollout), 201
 
@@ -230,3 +242,89 @@ def rollback(principal: Principal, slug: str, rollout_id: str, body: RolloutActi
     engine.rollback(principal.actor, rollout.id, reason=body.reason)
     db.session.commit()
     return engine.describe(rollout)
+
+
+# --- freeze windows and templates -----------------------------------------------------------
+
+
+@route(
+    bp,
+    "/freeze-windows",
+    summary="The project's freeze windows, each with whether it is active now",
+    scope=READ,
+    response=ItemsOut[FreezeWindowOut],
+)
+def list_freeze_windows(principal: Principal, slug: str) -> dict[str, Any]:
+    project = visible_project(principal, slug)
+    items = [catalog.freeze_window_dict(row) for row in catalog.list_freeze_windows(project.id)]
+    db.session.commit()
+    return {"items": items}
+
+
+@route(
+    bp,
+    "/freeze-windows",
+    "POST",
+    summary="Add a freeze window (one-off, or weekly in a time zone, DST-correct)",
+    scope="projects:admin",
+    body=FreezeWindowIn,
+    response=FreezeWindowOut,
+    status=201,
+)
+def add_freeze_window(principal: Principal, slug: str, body: FreezeWindowIn) -> tuple[Any, int]:
+    project = visible_project(principal, slug)
+    definition = body.model_dump(exclude_none=True, mode="json")
+    row = catalog.add_freeze_window(principal.actor, project.id, definition)
+    db.session.commit()
+    return catalog.freeze_window_dict(row), 201
+
+
+@route(
+    bp,
+    "/freeze-windows/<window_id>",
+    "DELETE",
+    summary="Remove a freeze window",
+    scope="projects:admin",
+    response=StatusOut,
+)
+def delete_freeze_window(principal: Principal, slug: str, window_id: str) -> dict[str, str]:
+    project = visible_project(principal, slug)
+    catalog.delete_freeze_window(principal.actor, project.id, parse_uuid(window_id, "window_id"))
+    db.session.commit()
+    return {"status": "deleted"}
+
+
+@route(
+    bp,
+    "/rollout-templates",
+    summary="Stored rollout settings, by name",
+    scope=READ,
+    response=ItemsOut[RolloutTemplateOut],
+)
+def list_templates(principal: Principal, slug: str) -> dict[str, Any]:
+    project = visible_project(principal, slug)
+    items = [catalog.template_dict(row) for row in catalog.list_templates(project.id)]
+    db.session.commit()
+    return {"items": items}
+
+
+@route(
+    bp,
+    "/rollout-templates",
+    "POST",
+    summary="Store rollout settings under a name (POST /rollouts with `template` uses them)",
+    scope=WRITE,
+    body=RolloutTemplateIn,
+    response=RolloutTemplateOut,
+    status=201,
+)
+def add_template(principal: Principal, slug: str, body: RolloutTemplateIn) -> tuple[Any, int]:
+    project = visible_project(principal, slug)
+    data = body.model_dump(exclude_none=True)
+    selector = data.pop("target_selector", None)
+    name = data.pop("name")
+    row = catalog.add_template(
+        principal.actor, project.id, name=name, target_selector=selector or {}, config=data
+    )
+    db.session.commit()
+    return catalog.template_dict(row), 201

@@ -714,6 +714,10 @@ class RolloutCreateIn(Body):
     scheduled_at: AwareUTCDatetime | None = None
     start: bool = True
     skip_busy_nodes: bool = False
+    template: NodeName | None = None
+    override_freeze: str | None = Field(
+        None, min_length=1, max_length=500, description="admins only: the reason"
+    )
 
 
 class RolloutActionIn(Body):
@@ -807,3 +811,58 @@ class RolloutApproveIn(Body):
 
 class RolloutRejectIn(Body):
     comment: str = Field(min_length=1, max_length=1000)
+
+
+class FreezeWindowIn(Body):
+    """`one_off`: starts_at/ends_at. `weekly`: days, start_time ("HH:MM"), duration_minutes,
+    time_zone (IANA)."""
+
+    kind: Literal["one_off", "weekly"]
+    name: str = Field(min_length=1, max_length=100)
+    reason: str | None = Field(None, max_length=500)
+    starts_at: AwareUTCDatetime | None = None
+    ends_at: AwareUTCDatetime | None = None
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+    start_time: str | None = Field(None, max_length=5)
+    duration_minutes: int | None = None
+    time_zone: str | None = Field(None, max_length=64)
+
+
+class FreezeWindowOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    kind: str
+    name: str
+    active: bool
+    active_until: str | None
+
+
+class RolloutTemplateIn(Body):
+    name: NodeName
+    target_selector: RolloutSelectorIn | None = None
+    strategy: Literal["rolling", "canary", "blue_green", "all_at_once"] | None = None
+    batch_size: int | None = None
+    batch_percent: float | None = None
+    canary_steps: list[float] | None = Field(None, max_length=20)
+    max_unavailable: int | None = None
+    max_failures: int | Annotated[str, Field(max_length=8)] | None = None
+    progress_deadline_s: int | None = None
+    bake_s: int | None = None
+    health_gates: HealthGatesIn | None = None
+    on_failure: Literal["pause", "rollback"] | None = None
+    gate_grace_s: int | None = None
+    gate_data_timeout_s: int | None = None
+
+
+class RolloutTemplateOut(Out):
+    id: str
+    name: str
+    target_selector: dict[str, Any] | None
+    config: dict[str, Any]
+    created_by: str | None
+    created_at: datetime
+
+
+class ItemsOut(Out, Generic[T]):
+    items: list[T]

@@ -398,3 +398,64 @@ def test_blue_green_waits_for_promotion_after_the_standby_set(
     assert promoted.status_code == 200 and promoted.get_json()["state"] == "running"
     run_jobs(app, backend.redis_url)
     assert assigned(app, fleet, bundle_id) == ["edge-0", "edge-1", "edge-2", "edge-3"]
+
+
+def test_a_freeze_window_pauses_a_rollout_unless_an_admin_overrides_it(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    admin = admin_key(app)
+    now = utcnow()
+    window = client.post(
+        f"{BASE}/freeze-windows",
+        json={
+            "kind": "one_off",
+            "name": "black friday",
+            "starts_at": (now.replace(microsecond=0)).isoformat(),
+            "ends_at": (now.replace(year=now.year + 1)).isoformat(),
+        },
+        headers=bearer(admin),
+    )
+    assert window.status_code == 201, window.get_json()
+    assert window.get_json()["active"] is True
+    frozen = create(client, key, bundle_id=bundle_id).get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    body = show(client, key, frozen)
+    assert (body["state"], body["reason"]) == ("paused", "freeze_window")
+    assert assigned(app, fleet, bundle_id) == []
+    refused = create(
+        client, key, bundle_id=bundle_id, override_freeze="hotfix", skip_busy_nodes=True
+    )
+    assert refused.status_code == 403, refused.get_json()  # only admins override
+    listed = client.get(f"{BASE}/freeze-windows", headers=bearer(key)).get_json()["items"]
+    assert [w["name"] for w in listed] == ["black friday"]
+    bad = client.post(
+        f"{BASE}/freeze-windows",
+        json={
+            "kind": "weekly",
+            "name": "w",
+            "days": ["fri"],
+            "start_time": "22:00",
+            "duration_minutes": 60,
+            "time_zone": "Mars/Olympus",
+        },
+        headers=bearer(admin),
+    )
+    assert bad.status_code == 422 and "time_zone" in str(bad.get_json()["fields"])
+
+
+def test_a_template_supplies_settings_the_request_does_not(
+    client: Any, app: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    made = client.post(
+        f"{BASE}/rollout-templates",
+        json={"name": "careful", "strategy": "rolling", "batch_size": 3, "bake_s": 30},
+        headers=bearer(key),
+    )
+    assert made.status_code == 201, made.get_json()
+    body = create(client, key, bundle_id=bundle_id, template="careful").get_json()
+    assert body["config"]["batch_size"] == 3 and body["config"]["bake_s"] == 30
+    assert [len(s["nodes"]) for s in body["steps"]] == [3, 1]
+    twice = client.post(f"{BASE}/rollout-templates", json={"name": "careful"}, headers=bearer(key))
+    assert twice.status_code == 409
+    missing = create(client, key, bundle_id=bundle_id, template="nope", skip_busy_nodes=True)
+    assert missing.status_code == 404

@@ -135,10 +135,17 @@ def plan(project: Project, request: Mapping[str, Any]) -> Plan:
     bundle = catalog.get_bundle(project.id, str(request.get("bundle_id", "")))
     distribution.require_distributable(bundle)
     settings = project.config
-    config = RolloutConfig.from_dict(
-        request.get("config") or {}, standby_slot=settings.standby_slot
-    )
-    selector = dict(request.get("target_selector") or {"all": True})
+    given = dict(request.get("config") or {})
+    selector_given = request.get("target_selector")
+    if request.get("template"):
+        from sentinel_cp.rollouts.catalog import get_template
+
+        template = get_template(project.id, str(request["template"]))
+        # the request's own values win over the template's
+        given = {**template.config, **given}
+        selector_given = selector_given or template.target_selector
+    config = RolloutConfig.from_dict(given, standby_slot=settings.standby_slot)
+    selector = dict(selector_given or {"all": True})
     nodes = _project_nodes(project.id)
     targets = planner.select_targets(nodes, _resolve_selector(project.id, selector))
     found = planner.conflicts(
@@ -201,6 +208,9 @@ def create(
         scheduled_at=scheduled_at,
         updated_at=now,
     )
+    override = request.get("override_freeze")
+    if override:
+        rollout.freeze_override = str(override)
     db.session.add(rollout)
     for step in planned.steps:
         db.session.add(
@@ -226,6 +236,8 @@ def create(
             "steps": len(planned.steps),
             "nodes": sum(len(s.node_ids) for s in planned.steps),
             "skipped_busy": len(planned.skipped_busy),
+            "template": request.get("template"),
+            "freeze_override": override or None,
         },
         now=now,
     )
