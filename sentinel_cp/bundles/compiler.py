@@ -258,16 +258,16 @@ def _finish_failed(
     errors, warnings = _diagnostics(result)
     if reason is not None:
         errors.append({"severity": "error", "code": "compile", "message": reason})
-    if not _finish(
-        claim,
-        {
-            "status": "failed",
-            "errors": errors,
-            "warnings": warnings,
-            "output": _output(claim, result),
-            "compiled_at": now,
-        },
-    ):
+    return _record_failed(
+        claim, errors, {"warnings": warnings, "output": _output(claim, result)}, now
+    )
+
+
+def _record_failed(
+    claim: _Claim, errors: list[Any], values: dict[str, Any], now: datetime
+) -> str | None:
+    """`compiling → failed` with its errors, audit row and event, if this attempt owns it."""
+    if not _finish(claim, {"status": "failed", "errors": errors, "compiled_at": now, **values}):
         return None
     audit.record(
         Actor.system("compiler"),
@@ -297,29 +297,7 @@ def _storage_failed(claim: _Claim, message: str, *, now: datetime | None) -> str
             return "pending"
         return None
     error = {"severity": "error", "code": "storage_unavailable", "message": message}
-    if not _finish(
-        claim,
-        {
-            "status": "failed",
-            "errors": [error],
-            "output": {"last_error": message},
-            "compiled_at": now,
-        },
-    ):
-        return None
-    audit.record(
-        Actor.system("compiler"),
-        "bundle.failed",
-        resource_type="bundle",
-        resource_id=claim.bundle_id,
-        project_id=claim.project_id,
-        changes={"status": ["compiling", "failed"]},
-        metadata={"errors": [error], "error_count": 1},
-        now=now,
-    )
-    events.publish_after_commit(claim.project_id, "bundle", claim.bundle_id, "failed")
-    db.session.commit()
-    return "failed"
+    return _record_failed(claim, [error], {"output": {"last_error": message}}, now)
 
 
 def _finish_compiled(

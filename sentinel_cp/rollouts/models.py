@@ -16,23 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
 
-ROLLOUT_STATES = (
-    "pending",
-    "running",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-    "rolling_back",
-    "rolled_back",
-)
-ACTIVE_STATES = ("pending", "running", "paused", "rolling_back")
-APPROVAL_STATES = ("not_required", "pending_approval", "approved", "rejected")
-STEP_STATES = ("pending", "running", "baking", "completed", "failed")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+ACTIVE_STATES = ("pending", "running", "paused", "rolling_back")  # a node in one is busy
 
 
 class Rollout(db.Model):  # type: ignore[name-defined]
