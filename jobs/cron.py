@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rq import cron
 
-from jobs import bundles, fleet, maintenance, rollouts
+from jobs import bundles, drift, fleet, maintenance, rollouts
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob(maintenance.record_beat, interval_s=10, timeout_s=30),
     PeriodicJob(fleet.mark_stale_nodes, interval_s=15, timeout_s=120),
     PeriodicJob(fleet.prune_node_history, interval_s=3600, timeout_s=600),
+    PeriodicJob(drift.detect_drift, interval_s=30, timeout_s=120),
     PeriodicJob(rollouts.sweep, interval_s=5, timeout_s=60),
     PeriodicJob(bundles.recover_stuck_compiles, interval_s=30, timeout_s=60),
     PeriodicJob(bundles.collect_garbage, interval_s=3600, timeout_s=900),
