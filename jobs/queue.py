@@ -23,7 +23,7 @@ WAITING = ("queued", "scheduled", "deferred")
 def enqueue(name: str, args: tuple[Any, ...], job_id: str, queue: str) -> None:
     """Push `name(*args)` as job `job_id`; an id already waiting in the queue is not added twice.
 
-    While `job_id` runs, a request for it becomes `job_id:again` (also collapsing), so a change
+    While `job_id` runs, a request for it becomes `job_id-again` (also collapsing), so a change
     that arrives during a run always gets a run that sees it — and the running job's record is
     never overwritten.
     """
@@ -35,7 +35,7 @@ def enqueue(name: str, args: tuple[Any, ...], job_id: str, queue: str) -> None:
         if status in WAITING:
             return
         if status == "started":
-            job_id = f"{job_id}:again"
+            job_id = f"{job_id}-again"  # RQ ids: letters, digits, '_' and '-' only
             follow_up = target.fetch_job(job_id)
             if follow_up is not None and follow_up.get_status(refresh=True) in WAITING:
                 return

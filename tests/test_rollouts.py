@@ -459,3 +459,45 @@ def test_a_template_supplies_settings_the_request_does_not(
     assert twice.status_code == 409
     missing = create(client, key, bundle_id=bundle_id, template="nope", skip_busy_nodes=True)
     assert missing.status_code == 404
+
+
+def test_a_tick_requested_while_one_runs_is_queued_once_as_a_follow_up(
+    app: Any, backend: Any
+) -> None:
+    import redis
+    from rq import Queue
+    from rq.job import JobStatus
+
+    from jobs.queue import enqueue
+
+    connection = redis.Redis.from_url(backend.redis_url)
+    queue = Queue("default", connection=connection)
+    with app.app_context():
+        enqueue("tick_rollout", ("r1",), "tick-r1", "default")
+        running = queue.fetch_job("tick-r1")
+        assert running is not None
+        running.set_status(JobStatus.STARTED)  # what a worker does when it takes the job
+        enqueue("tick_rollout", ("r1",), "tick-r1", "default")
+        enqueue("tick_rollout", ("r1",), "tick-r1", "default")
+    assert queue.fetch_job("tick-r1-again") is not None
+    assert queue.get_job_ids().count("tick-r1-again") == 1
+
+
+def test_a_tick_on_a_baking_step_stops_after_refreshing_the_verdict(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    from sentinel_cp.rollouts import engine
+    from sentinel_cp.rollouts.types import RecordGates
+
+    rollout_id = create(
+        client, key, bundle_id=bundle_id, strategy="all_at_once", bake_s=300
+    ).get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    for node in fleet:
+        apply_bundle(client, app, node, bundle_id)
+    run_jobs(app, backend.redis_url)
+    assert show(client, key, rollout_id)["steps"][0]["state"] == "baking"
+    with app.app_context():
+        actions = engine.tick(uuid.UUID(rollout_id))
+    assert len(actions) == 1 and isinstance(actions[0], RecordGates)
+    assert actions[0].changed is False

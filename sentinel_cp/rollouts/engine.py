@@ -4,7 +4,8 @@ A tick locks the rollout (an `UPDATE` of its row first: the row lock on PostgreS
 lock on SQLite), reads a `RolloutView`, asks the pure `decide` for one action, applies it in
 the same transaction with its audit row and event, and commits — then repeats until `decide`
 has nothing to do. A worker killed between two transactions leaves a consistent rollout that
-the next tick continues; a tick replayed on unchanged state finds `Nothing` and writes nothing.
+the next tick continues; a tick replayed on unchanged state finds `Nothing` and writes nothing
+(a baking step only refreshes its stored gate verdict, once per tick).
 Ticks are requested with a deterministic job id when a node report can advance a step, when an
 operator acts, and by the cron sweep for every running rollout.
 """
@@ -417,6 +418,8 @@ def tick(rollout_id: uuid.UUID, *, now: datetime | None = None) -> list[Action]:
         _apply(rollout, steps, action, moment)
         db.session.commit()
         applied.append(action)
+        if isinstance(action, RecordGates) and not action.changed:
+            break  # the step bakes on: the refreshed verdict is stored, time must pass
     return applied
 
 
