@@ -28,6 +28,15 @@ def configure_broker() -> None:
     broker.configure(url)
 
 
+def preload() -> None:
+    """Build the application now (the worker parent, before it forks its work horses)."""
+    global _app
+    if _app is None:
+        from app import create_app
+
+        _app = create_app()
+
+
 @contextmanager
 def app_context() -> Iterator[Any]:
     """An application context built from the environment, once per process."""

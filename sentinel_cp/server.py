@@ -76,7 +76,7 @@ class Children:
             "worker": [
                 python,
                 "-m",
-                "rq.cli",
+                "jobs.worker",
                 "worker",
                 "--url",
                 redis_url,

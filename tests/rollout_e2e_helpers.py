@@ -97,10 +97,12 @@ class Stack:
     cron: subprocess.Popen[bytes] | None = None
     _redis: redis.Redis | None = None
 
-    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, argv: list[str], log_name: str, module: str = "rq.cli"
+    ) -> subprocess.Popen[bytes]:
         with (self.logs / log_name).open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "rq.cli", *argv],
+                [sys.executable, "-m", module, *argv],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -109,9 +111,10 @@ class Stack:
             )
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        """`rq worker --url … compile default maintenance`, named so Redis shows its job."""
+        """The Procfile's worker (`python -m jobs.worker worker --url … QUEUES`), named so Redis
+        shows its job."""
         argv = ["worker", "--url", self.redis_url, "--name", name, *QUEUES]
-        self.workers[name] = process = self._spawn(argv, f"worker-{name}.log")
+        self.workers[name] = process = self._spawn(argv, f"worker-{name}.log", "jobs.worker")
         wait_for(
             lambda: process.poll() is None and self.redis().exists(f"rq:worker:{name}"),
             timeout=30,
