@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,40 @@ def redis_available(url: str = REDIS_TEST_URL) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
     except redis.RedisError:
         return False
+
+
+POLL_INTERVAL_S = 0.2  # how often a deadline wait looks again
+
+
+def wait_for(
+    condition: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = POLL_INTERVAL_S,
+    tolerate_errors: bool = True,
+) -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds.
+
+    The one way tests wait on another process: a condition with a deadline, looked at every
+    `interval` (waiting on an Event that is never set, so nothing here is a bare sleep).
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as exc:
+            if not tolerate_errors:
+                raise
+            last_error = exc  # e.g. the server is not listening yet
+        pause.wait(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ import httpx
 import redis
 from conftest import PASSWORD, POSTGRES_ADMIN_URL, ROOT
 from e2e_helpers import SENTINEL_CP, cli_flags
-from test_server import POLL_INTERVAL_S, Server, start_server, wait_for
+from test_server import Server, start_server, wait_for
 
 from jobs import QUEUES
 
@@ -41,13 +41,10 @@ class RolloutTimeout(AssertionError):
 
 def wait_fast(condition: Callable[[], T | None], *, timeout: float, what: str) -> T:
     """`wait_for` with a 2 ms poll, for states that last only milliseconds (a running job)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.002)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    result: T = wait_for(
+        condition, timeout=timeout, what=what, interval=0.002, tolerate_errors=False
+    )
+    return result
 
 
 # --- PostgreSQL and Redis of our own ------------------------------------------------------
@@ -310,18 +307,25 @@ class Operator:
         """Poll until the rollout is in one of `states`: fail at once on another end state,
         and with `RolloutTimeout` (naming where it stands) when the deadline passes."""
         ends = {"completed", "failed", "cancelled", "paused"} - set(states)
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.rollout(rollout_id)
-            if body["state"] in states:
-                return body
+        last: dict[str, Any] = {}
+
+        def reached() -> dict[str, Any] | None:
+            body = last["body"] = self.rollout(rollout_id)
             assert body["state"] not in ends, f"rollout ended {body['state']}: {body['details']}"
-            if time.monotonic() > deadline:
-                raise RolloutTimeout(
-                    f"rollout not {'/'.join(states)} after {timeout} s: {body['state']}, steps "
-                    f"{[s['state'] for s in body['steps']]}, progress {body['progress']}"
-                )
-            time.sleep(POLL_INTERVAL_S)
+            return body if body["state"] in states else None
+
+        try:
+            return dict(
+                wait_for(reached, timeout=timeout, what="the rollout", tolerate_errors=False)
+            )
+        except AssertionError as exc:
+            body = last.get("body")
+            if body is None or body["state"] in ends:
+                raise
+            raise RolloutTimeout(
+                f"rollout not {'/'.join(states)} after {timeout} s: {body['state']}, steps "
+                f"{[s['state'] for s in body['steps']]}, progress {body['progress']}"
+            ) from exc
 
     def audit(self, action: str, rollout_id: str) -> list[dict[str, Any]]:
         page = self.api.get(

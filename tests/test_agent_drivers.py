@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import wait_for
 
 from agent.drivers import ActivationFailed, FileDriver, SimulatedDriver
 
@@ -73,14 +74,7 @@ server.serve_forever()
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    return wait_for(predicate, timeout=timeout, what=what, interval=0.01, tolerate_errors=False)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:

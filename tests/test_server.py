@@ -13,36 +13,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import PASSWORD, ROOT, free_port, require_service
+from conftest import PASSWORD, ROOT, free_port, require_service, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
-POLL_INTERVAL_S = 0.2  # how often a deadline wait looks again
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-            if result:
-                return result
-        except Exception as exc:  # the server may not be listening yet
-            last_error = exc
-        time.sleep(POLL_INTERVAL_S)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
-    )
 
 
 @dataclass
