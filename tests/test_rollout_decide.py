@@ -288,6 +288,24 @@ def test_a_heartbeat_showing_the_bundle_counts_as_verified_and_is_marked() -> No
     assert action.mark_verified_node_ids == (nid(1),)
 
 
+def test_an_activated_report_alone_is_not_a_verdict() -> None:
+    """The `activated` report records the bundle as active while the node still checks its
+    health; a tick in between must wait for `verified`/`failed` (CI caught a failing node being
+    marked verified this way)."""
+    reported = node(1, state="activated", active_bundle_id=BUNDLE, activated_at=at(6))
+    assert node_outcome(reported, BUNDLE) == "in_progress"
+    action = decide(started([verified(0), reported]), at(7))
+    assert isinstance(action, Nothing) and action.reason == "waiting_for_nodes"
+
+
+def test_a_heartbeat_after_an_activated_report_counts_as_verified() -> None:
+    confirmed = node(1, state="activated", active_bundle_id=BUNDLE, activated_at=at(6))
+    confirmed = replace(confirmed, last_heartbeat_at=at(8))
+    assert node_outcome(confirmed, BUNDLE) == "verified"
+    action = decide(started([verified(0), confirmed]), at(9))
+    assert isinstance(action, StartBaking) and action.mark_verified_node_ids == (nid(1),)
+
+
 def test_offline_unverified_nodes_within_budget_are_skipped_when_baking_starts() -> None:
     nodes = [verified(0), node(1, state="downloaded", online=False)]
     action = decide(started(nodes, settings={"max_unavailable": 1}), at(10))

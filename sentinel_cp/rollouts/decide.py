@@ -82,7 +82,10 @@ def node_outcome(node: NodeView, bundle_id: str) -> NodeOutcome:
     """Where one node of a step stands.
 
     `verified`: a `verified` report, or the node reports running its target bundle (the
-    rollout's, or its own `target_bundle_id`) and reported no failure. `failed`: it reported
+    rollout's, or its own `target_bundle_id`) and reported no failure. After an `activated`
+    report (which itself records the bundle as active) only a heartbeat received later counts:
+    the node is still checking its health, and a tick in between must not take the report for
+    the verdict. `failed`: it reported
     `failed` or `rolled_back`. `skipped`: the rollout went on without it. `offline`: none of
     these and not online. `in_progress`: online and on its way.
     """
@@ -90,11 +93,24 @@ def node_outcome(node: NodeView, bundle_id: str) -> NodeOutcome:
         return "skipped"
     if node.state in FAILED_DELIVERY_STATES:
         return "failed"
-    if node.state == "verified" or node.active_bundle_id == (node.target_bundle_id or bundle_id):
+    if node.state == "verified" or (
+        node.active_bundle_id == (node.target_bundle_id or bundle_id)
+        and _heartbeat_since_activation(node)
+    ):
         return "verified"
     if not node.online:
         return "offline"
     return "in_progress"
+
+
+def _heartbeat_since_activation(node: NodeView) -> bool:
+    if node.state != "activated":
+        return True  # no activation report: the active bundle came from a heartbeat
+    return (
+        node.last_heartbeat_at is not None
+        and node.activated_at is not None
+        and node.last_heartbeat_at > node.activated_at
+    )
 
 
 @dataclass(frozen=True)
