@@ -301,7 +301,7 @@ class Agent:
                 log.error("could not save %s: %s", self.options.state_path, exc)
         if result.outcome != "deferred":
             self._deferrals = 0
-            return interval
+            return ack.next_heartbeat_s(interval)
         if self._deferrals == 0:
             log.warning("bundle %s deferred: %s", result.bundle_id, result.reason)
         self._deferrals += 1

@@ -48,6 +48,7 @@ TOKEN_RETRY_AFTER_REFUSAL_S = 300.0
 DOWNLOAD_MARGIN_BYTES = 64 * 1024
 MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024
 MAX_REDIRECTS = 3
+MIN_HEARTBEAT_GAP_S = 1.1  # the server refuses more than one heartbeat a second per node
 MAX_STATUS_LOGS_BYTES = 32 * 1024
 MAX_STATUS_REASON_CHARS = 500
 
@@ -248,6 +249,12 @@ class HeartbeatAck:
     last_seen_at: datetime | None
     poll_after_s: int
     assigned_bundle_id: str | None
+
+    def next_heartbeat_s(self, interval_s: float) -> float:
+        """When to come back: the usual interval, or sooner when the control plane asks (a
+        shorter `poll_after_s` while this node takes part in a running rollout); never faster
+        than the one heartbeat a second the server accepts."""
+        return max(MIN_HEARTBEAT_GAP_S, min(interval_s, float(self.poll_after_s)))
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ import httpx
 
 from agent.apply import ApplyResult, BundleApplier
 from agent.client import (
+    MIN_HEARTBEAT_GAP_S,
     ApiError,
     Backoff,
     ControlPlaneError,
@@ -288,6 +289,7 @@ class Simulation:
                 self.stats.went_silent += 1
                 return
             reading = await proxy.read()
+            wait = interval
             started = time.perf_counter()
             try:
                 ack = await client.heartbeat(
@@ -300,10 +302,11 @@ class Simulation:
                 self.stats.record_failure(exc)
             else:
                 self.stats.record_ok((time.perf_counter() - started) * 1000)
+                wait = ack.next_heartbeat_s(interval)
                 if ack.assigned_bundle_id not in (None, applier.active_bundle_id):
                     self.stats.record_apply(await applier.apply_assigned(ack.assigned_bundle_id))
                     self.active_bundles[self.node_name(index)] = applier.active_bundle_id
-            next_at = max(next_at + interval, self.clock() + 1.0)
+            next_at = max(next_at + wait, self.clock() + MIN_HEARTBEAT_GAP_S)
 
     def progress_line(self, window_s: float, recent_ok: int) -> str:
         s = self.stats

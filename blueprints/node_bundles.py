@@ -41,7 +41,7 @@ def poll(node: nodes.NodeContext) -> Any:
         active_bundle_id=identity.active_bundle_id,
         assigned=identity.assigned,
         rollout_id=identity.assigned_rollout_id,
-        poll_after_s=node.settings.poll_interval_s,
+        poll_after_s=identity.poll_after_s(node.settings),
         download_url=url_for(
             "node_bundles.download",
             node_id=str(identity.id),

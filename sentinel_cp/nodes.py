@@ -31,10 +31,12 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    column,
     delete,
     func,
     or_,
     select,
+    table,
     type_coerce,
     update,
 )
@@ -256,6 +258,15 @@ class NodeIdentity:
     # The assigned bundle's row (id, version, status, size_bytes, signature, signing_key_id,
     # artifact_deleted_at), read in the same statement so a poll costs one indexed read.
     assigned: dict[str, Any] | None = None
+    # The state of the rollout that assigned it (same statement): while it runs, the node is
+    # told to come back sooner, so a step converges in seconds rather than poll intervals.
+    assigned_rollout_state: str | None = None
+
+    def poll_after_s(self, settings: ProjectSettings) -> int:
+        """The `poll_after_s` to answer this node with (heartbeat and poll)."""
+        if self.assigned_rollout_state in ACTIVE_ROLLOUT_STATES:
+            return min(ROLLOUT_POLL_AFTER_S, settings.poll_interval_s)
+        return settings.poll_interval_s
 
     @property
     def offered_bundle_id(self) -> str | None:
@@ -296,14 +307,26 @@ _ASSIGNED_COLUMNS = tuple(
         "artifact_deleted_at",
     )
 )
+# Only the state is read, and `rollouts` imports this module: a lightweight table clause.
+_ROLLOUTS = table("rollouts", column("id"), column("state"))
+ACTIVE_ROLLOUT_STATES = frozenset({"running", "rolling_back"})
+ROLLOUT_POLL_AFTER_S = 5
 # Built once: the credential lookup runs on every node request, and constructing a statement
 # costs more than the compiled-cache lookup that executing a prebuilt one needs.
 _NODES = Node.__table__
 _PROJECTS = Project.__table__
+_ROLLOUT_STATE = _ROLLOUTS.c.state.label("assigned_rollout_state")
 _KEY_LOOKUP = (
-    select(*_IDENTITY_COLUMNS, *_ASSIGNED_COLUMNS, _NODES.c.key_hash, _PROJECTS.c.settings)
+    select(
+        *_IDENTITY_COLUMNS,
+        *_ASSIGNED_COLUMNS,
+        _ROLLOUT_STATE,
+        _NODES.c.key_hash,
+        _PROJECTS.c.settings,
+    )
     .join(_PROJECTS, _PROJECTS.c.id == _NODES.c.project_id)
     .outerjoin(_BUNDLES, _BUNDLES.c.id == _NODES.c.assigned_bundle_id)
+    .outerjoin(_ROLLOUTS, _ROLLOUTS.c.id == _NODES.c.assigned_rollout_id)
     .where(_NODES.c.key_hash == bindparam("digest"))
 )
 
@@ -326,7 +349,11 @@ def _identity(row: Any) -> NodeIdentity:
     assigned = None
     if values["assigned_id"] is not None:
         assigned = {c.name[len("assigned_") :]: values[c.name] for c in _ASSIGNED_COLUMNS}
-    return NodeIdentity(**{c.name: values[c.name] for c in _IDENTITY_COLUMNS}, assigned=assigned)
+    return NodeIdentity(
+        **{c.name: values[c.name] for c in _IDENTITY_COLUMNS},
+        assigned=assigned,
+        assigned_rollout_state=values["assigned_rollout_state"],
+    )
 
 
 def authenticate_key(raw: str, connection: Connection | None = None) -> NodeContext:
@@ -357,6 +384,7 @@ def authenticate_token(
             select(
                 *_IDENTITY_COLUMNS,
                 *_ASSIGNED_COLUMNS,
+                _ROLLOUT_STATE,
                 _NODES.c.key_hash,
                 _PROJECTS.c.settings,
                 keys.c.public_key,
@@ -365,6 +393,7 @@ def authenticate_token(
             .join(_PROJECTS, _PROJECTS.c.id == _NODES.c.project_id)
             .join(keys, and_(keys.c.project_id == _NODES.c.project_id, keys.c.kid == kid))
             .outerjoin(_BUNDLES, _BUNDLES.c.id == _NODES.c.assigned_bundle_id)
+            .outerjoin(_ROLLOUTS, _ROLLOUTS.c.id == _NODES.c.assigned_rollout_id)
             .where(_NODES.c.id == node_id)
         )
         .first()
@@ -574,7 +603,7 @@ def record_heartbeat(
         "status": "ok",
         "node_id": str(node.id),
         "last_seen_at": now.isoformat(),
-        "poll_after_s": ctx.settings.poll_interval_s,
+        "poll_after_s": node.poll_after_s(ctx.settings),
         "assigned_bundle_id": node.offered_bundle_id,
     }
 

@@ -699,6 +699,28 @@ async def test_the_agent_applies_the_assigned_bundle_and_its_next_heartbeat_carr
     assert state.active_bundle_id == bundle_id
 
 
+@pytest.mark.parametrize(("poll_after_s", "expected"), [(30, 20.0), (5, 5.0), (0, 1.1)])
+async def test_the_agent_comes_back_as_soon_as_the_control_plane_asks(
+    tmp_path: Path, poll_after_s: int, expected: float
+) -> None:
+    """A node in a running rollout is told a shorter `poll_after_s`; never below the 1/s the
+    server accepts, never later than the agent's own interval."""
+    cp = FakeControlPlane()
+    cp.heartbeat_poll_after_s = poll_after_s
+    agent, _ = _bundle_agent(cp, tmp_path)
+    agent.options.heartbeat_interval_s = 20.0
+    waits: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            agent.stop()
+
+    agent.pause = pause  # type: ignore[method-assign]
+    assert await asyncio.wait_for(agent.run(), timeout=10) == 0
+    assert waits == [expected, expected]
+
+
 async def test_a_restarted_agent_resumes_from_its_saved_bundle_without_applying_again(
     tmp_path: Path,
 ) -> None:

@@ -184,6 +184,7 @@ class FakeControlPlane:
         self.requests: list[httpx.Request] = []
         self.on_report: Callable[[str, str], None] | None = None
         self.on_heartbeat: Callable[[dict[str, Any]], None] | None = None
+        self.heartbeat_poll_after_s = 30
 
     def publish(
         self,
@@ -239,7 +240,7 @@ class FakeControlPlane:
                     "status": "ok",
                     "node_id": NODE_ID,
                     "last_seen_at": "2026-01-01T00:00:00+00:00",
-                    "poll_after_s": 30,
+                    "poll_after_s": self.heartbeat_poll_after_s,
                     "assigned_bundle_id": self.assigned,
                 },
             )

@@ -154,6 +154,28 @@ def test_a_rolling_rollout_completes_step_by_step(
     assert actions[-1] == "rollout.completed"
 
 
+def test_nodes_in_a_running_rollout_are_told_to_come_back_sooner(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    from sentinel_cp.nodes import ROLLOUT_POLL_AFTER_S
+
+    def poll_after(node: tuple[str, str]) -> tuple[int, int]:
+        heartbeat = beat(client, app, *node).get_json()["poll_after_s"]
+        poll = client.get(
+            f"/api/v1/nodes/{node[0]}/bundles/latest", headers={"X-Sentinel-Node-Key": node[1]}
+        )
+        return heartbeat, poll.get_json()["poll_after_s"]
+
+    rollout_id = create(client, key, bundle_id=bundle_id, strategy="rolling", batch_size=2)
+    rollout_id = rollout_id.get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    fast = (ROLLOUT_POLL_AFTER_S, ROLLOUT_POLL_AFTER_S)
+    assert [poll_after(node) for node in fleet] == [fast, fast, (30, 30), (30, 30)]
+    paused = client.post(f"{BASE}/rollouts/{rollout_id}/pause", json={}, headers=bearer(key))
+    assert paused.status_code == 200
+    assert [poll_after(node) for node in fleet[:2]] == [(30, 30), (30, 30)]
+
+
 def test_replaying_a_tick_changes_nothing(
     client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
 ) -> None:
