@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     from agent import simulator
 
     simulator.add_cli(commands)
+    from sentinel_cp import demo
+
+    demo.add_cli(commands)
     create_user = commands.add_parser("create-user", help="create a user; password on stdin")
     create_user.add_argument("--email", required=True)
     create_user.add_argument("--role", choices=("admin", "operator", "reader"), default="reader")
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "create-user": cmd_create_user,
         "validate": cmd_validate,
         "simulate": simulator.cli_main,
+        "demo": demo.cli_main,
         "audit": cmd_audit_verify,
         "gc": cmd_gc,
     }
