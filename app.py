@@ -115,6 +115,7 @@ def _import_models() -> None:
     """Every model module, so metadata (and Alembic autogenerate) sees all tables."""
     from sentinel_cp import accounts, audit, gitops, nodes, projects, signing  # noqa: F401
     from sentinel_cp import drift as drift_models  # noqa: F401
+    from sentinel_cp import notifications as notification_models  # noqa: F401
     from sentinel_cp.bundles import models  # noqa: F401
     from sentinel_cp.rollouts import models as rollout_models  # noqa: F401
 

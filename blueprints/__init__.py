@@ -15,6 +15,7 @@ def register_blueprints(app: Flask) -> None:
         node_api,
         node_bundles,
         nodes,
+        notifications,
         openapi,
         projects,
         rollouts,
@@ -37,6 +38,7 @@ def register_blueprints(app: Flask) -> None:
         drift,
         bundles,
         rollouts,
+        notifications,
         webhooks,
     ):
         app.register_blueprint(module.bp)

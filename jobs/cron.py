@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rq import cron
 
-from jobs import bundles, drift, fleet, maintenance, rollouts
+from jobs import bundles, drift, fleet, maintenance, notifications, rollouts
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob(rollouts.sweep, interval_s=5, timeout_s=60),
     PeriodicJob(bundles.recover_stuck_compiles, interval_s=30, timeout_s=60),
     PeriodicJob(bundles.collect_garbage, interval_s=3600, timeout_s=900),
+    PeriodicJob(notifications.sweep_notifications, interval_s=10, timeout_s=60),
+    PeriodicJob(notifications.prune_notifications, interval_s=3600, timeout_s=600),
 )
 
 for periodic in PERIODIC_JOBS:

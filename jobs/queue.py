@@ -13,8 +13,9 @@ from sentinel_cp import broker
 JOBS = {
     "compile_bundle": "jobs.bundles.compile_bundle",
     "tick_rollout": "jobs.rollouts.tick_rollout",
+    "deliver_notification": "jobs.notifications.deliver_notification",
 }
-TIMEOUTS = {"compile_bundle": 600}
+TIMEOUTS = {"compile_bundle": 600, "deliver_notification": 60}
 
 
 WAITING = ("queued", "scheduled", "deferred")

@@ -51,7 +51,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sentinel_cp import audit, events
+from sentinel_cp import audit, events, notifications
 from sentinel_cp.audit import Actor
 from sentinel_cp.bundles import distribution
 from sentinel_cp.bundles.models import Bundle
@@ -618,6 +618,7 @@ def _insert_event(project_id: uuid.UUID, opening: Opening, now: datetime) -> Dri
         now=now,
     )
     events.publish_after_commit(project_id, "drift", event.id, "opened")
+    notifications.notify(project_id, "drift.opened", event.to_dict(), now)
     return event
 
 
@@ -727,6 +728,21 @@ def _audit_resolved(
         now=now,
     )
     events.publish_after_commit(project_id, "drift", event_id, "resolved")
+    notifications.notify(
+        project_id,
+        "drift.resolved",
+        {
+            "id": event_id,
+            "node_id": about["node_id"],
+            "node_name": about["node"],
+            "kind": about["kind"],
+            "status": "resolved",
+            "resolution": resolution,
+            "why": why,
+            "comment": comment,
+        },
+        now,
+    )
 
 
 # --- operator side --------------------------------------------------------------------------
