@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sentinel_cp.errors import Invalid
@@ -46,4 +48,17 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> tuple[Any, ...]:
             decoded.append(kind(value))
         return tuple(decoded)
     except (ValueError, TypeError, UnicodeDecodeError):
+        raise Invalid("Invalid cursor", fields={"cursor": ["not a cursor from this API"]}) from None
+
+
+def decode_position(cursor: str, *, uuid_id: bool = True) -> tuple[datetime, Any]:
+    """A `(created_at, id)` cursor: an aware timestamp and an id (a UUID unless `uuid_id` is
+    false); anything else is the same 422 as a cursor that does not decode."""
+    created, ident = decode_cursor(cursor, (str, str))
+    try:
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None:
+            raise ValueError("cursor time without a zone")
+        return at.astimezone(UTC), (uuid.UUID(ident) if uuid_id else ident)
+    except (ValueError, OverflowError):
         raise Invalid("Invalid cursor", fields={"cursor": ["not a cursor from this API"]}) from None

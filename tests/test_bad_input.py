@@ -414,6 +414,28 @@ def test_api_key_cursor_with_a_naive_timestamp_is_422(caller: Caller) -> None:
 
 
 @pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/api-keys",
+        "/api/v1/projects/alpha/bundles",
+        "/api/v1/projects/alpha/rollouts",
+        "/api/v1/projects/alpha/drift",
+    ],
+)
+@pytest.mark.parametrize(
+    "values",
+    [("not a time", UNKNOWN_ID), ("2020-01-01T00:00:00+00:00", "not-a-uuid"), ("9" * 40, "x")],
+)
+def test_a_well_formed_cursor_with_bad_values_is_422(
+    key_caller: Caller, path: str, values: tuple[str, str]
+) -> None:
+    if path.endswith("/bundles") and values[1] == "not-a-uuid":
+        values = ("2020-01-01T00:00:00", "x")  # bundle ids are not UUIDs: a naive time instead
+    response = key_caller.call("GET", path, query_string={"cursor": _cursor(*values)})
+    assert "cursor" in str(expect(response, 422)["fields"])
+
+
+@pytest.mark.parametrize(
     "query",
     [
         {"since": "yesterday"},

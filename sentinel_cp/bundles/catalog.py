@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -15,7 +14,7 @@ from sentinel_cp.bundles.models import Bundle
 from sentinel_cp.bundles.risk import assess
 from sentinel_cp.db import db
 from sentinel_cp.errors import NotFound
-from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+from sentinel_cp.pagination import Page, decode_position, encode_cursor
 
 
 def get_bundle(project_id: uuid.UUID, bundle_id: str) -> Bundle:
@@ -36,8 +35,7 @@ def list_bundles(
     total = db.session.scalar(select(func.count()).select_from(Bundle).where(*where)) or 0
     query = select(Bundle).where(*where)
     if cursor is not None:
-        created, after = decode_cursor(cursor, (str, str))
-        at = datetime.fromisoformat(created)
+        at, after = decode_position(cursor, uuid_id=False)
         query = query.where(
             or_(Bundle.created_at < at, and_(Bundle.created_at == at, Bundle.id < after))
         )

@@ -20,13 +20,13 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 
-from sentinel_cp import audit, events, jobqueue
+from sentinel_cp import audit, events, jobqueue, notifications
 from sentinel_cp.audit import Actor
 from sentinel_cp.bundles import catalog, distribution
 from sentinel_cp.bundles.models import Bundle, NodeBundleStatus
 from sentinel_cp.db import db, utcnow
 from sentinel_cp.errors import Conflict, Invalid, NotFound
-from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+from sentinel_cp.pagination import Page, decode_position, encode_cursor
 from sentinel_cp.projects import Project
 from sentinel_cp.rollouts import freeze, planner
 from sentinel_cp.rollouts.decide import decide
@@ -525,6 +525,7 @@ def _set_state(
     rollout.state, rollout.reason = state, reason
     rollout.details = {"message": details, **(metadata or {})}
     rollout.updated_at = now
+    notifications.rollout_changed(rollout, now)
 
 
 def _skip(
@@ -858,6 +859,7 @@ def _finish_rolled_back(rollback: Rollout, now: datetime) -> None:
         now=now,
     )
     events.publish_after_commit(original.project_id, "rollout", original.id, "rolled_back")
+    notifications.rollout_changed(original, now)
 
 
 def approve(
@@ -1094,12 +1096,11 @@ def list_rollouts(
     total = db.session.scalar(select(func.count()).select_from(Rollout).where(*where)) or 0
     query = select(Rollout).where(*where)
     if cursor is not None:
-        created, after = decode_cursor(cursor, (str, str))
-        at = datetime.fromisoformat(created)
+        at, after = decode_position(cursor)
         query = query.where(
             or_(
                 Rollout.created_at < at,
-                and_(Rollout.created_at == at, Rollout.id < uuid.UUID(after)),
+                and_(Rollout.created_at == at, Rollout.id < after),
             )
         )
     rows = list(
