@@ -12,7 +12,7 @@ from sentinel_cp.accounts import ApiKey, Principal
 from sentinel_cp.db import db
 
 bp = Blueprint("api_keys", __name__, url_prefix="/api/v1")
-SCOPE = "api_keys:admin"
+SCOPE = accounts.ACCESS_ADMIN_SCOPE
 
 
 def _slugs(keys: list[ApiKey]) -> dict[object, str]:

@@ -15,7 +15,7 @@ from sentinel_cp.db import db
 from sentinel_cp.errors import NotFound
 
 bp = Blueprint("audit", __name__, url_prefix="/api/v1")
-SCOPE = "audit:read"
+SCOPE = audit.READ_SCOPE
 
 
 def _filters(query: AuditQuery | AuditExportQuery) -> audit.AuditFilter:

@@ -19,7 +19,7 @@ from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
 
 bp = Blueprint("projects", __name__, url_prefix="/api/v1")
-ADMIN = "projects:admin"
+ADMIN = projects.ADMIN_SCOPE
 
 
 def visible_project(principal: Principal, slug: str) -> projects.Project:

@@ -33,14 +33,14 @@ from sentinel_cp.rollouts import catalog, engine
 from sentinel_cp.rollouts.types import CONFIG_FIELDS
 
 bp = Blueprint("rollouts", __name__, url_prefix="/api/v1/projects/<slug>")
-READ, WRITE = "rollouts:read", "rollouts:write"
+READ, WRITE = catalog.READ_SCOPE, catalog.WRITE_SCOPE
 
 
 def _request(body: RolloutCreateIn, principal: Principal | None = None) -> dict[str, Any]:
     data = body.model_dump(exclude_none=True)
     selector = data.pop("target_selector", None)
     if body.override_freeze is not None and principal is not None:
-        principal.require("projects:admin")  # only admins may roll out during a freeze
+        catalog.require_freeze_override(principal.scopes)
     return {
         "bundle_id": data.pop("bundle_id"),
         "target_selector": selector,
@@ -266,7 +266,7 @@ def list_freeze_windows(principal: Principal, slug: str) -> dict[str, Any]:
     "/freeze-windows",
     "POST",
     summary="Add a freeze window (one-off, or weekly in a time zone, DST-correct)",
-    scope="projects:admin",
+    scope=catalog.FREEZE_WINDOWS_SCOPE,
     body=FreezeWindowIn,
     response=FreezeWindowOut,
     status=201,
@@ -284,7 +284,7 @@ def add_freeze_window(principal: Principal, slug: str, body: FreezeWindowIn) -> 
     "/freeze-windows/<window_id>",
     "DELETE",
     summary="Remove a freeze window",
-    scope="projects:admin",
+    scope=catalog.FREEZE_WINDOWS_SCOPE,
     response=StatusOut,
 )
 def delete_freeze_window(principal: Principal, slug: str, window_id: str) -> dict[str, str]:

@@ -14,12 +14,12 @@ from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1")
-SCOPE = "api_keys:admin"
+SCOPE = accounts.ACCESS_ADMIN_SCOPE
 
 
 @route(bp, "/users", summary="List users", scope=SCOPE, query=PageQuery, response=ListOut[UserOut])
 def list_users(principal: Principal, query: PageQuery) -> dict[str, object]:
-    principal.require_unbound("manage users")
+    accounts.require_user_admin(principal)
     page = accounts.list_users(limit=query.limit, cursor=query.cursor)
     db.session.commit()
     return page_body(page, lambda item: item.to_dict())
@@ -37,7 +37,7 @@ def list_users(principal: Principal, query: PageQuery) -> dict[str, object]:
     responses={409: "email_taken"},
 )
 def create_user(principal: Principal, body: UserCreateIn) -> tuple[dict[str, object], int]:
-    principal.require_unbound("manage users")
+    accounts.require_user_admin(principal)
     user = accounts.create_user(
         principal.actor, email=body.email, password=body.password, role=body.role
     )
@@ -47,7 +47,7 @@ def create_user(principal: Principal, body: UserCreateIn) -> tuple[dict[str, obj
 
 @route(bp, "/users/<user_id>", summary="Show a user", scope=SCOPE, response=UserOut)
 def show_user(principal: Principal, user_id: str) -> dict[str, object]:
-    principal.require_unbound("manage users")
+    accounts.require_user_admin(principal)
     return accounts.get_user(parse_uuid(user_id, "user_id")).to_dict()
 
 
@@ -62,7 +62,7 @@ def show_user(principal: Principal, user_id: str) -> dict[str, object]:
     responses={409: "last_admin"},
 )
 def update_user(principal: Principal, user_id: str, body: UserPatchIn) -> dict[str, object]:
-    principal.require_unbound("manage users")
+    accounts.require_user_admin(principal)
     target: uuid.UUID = parse_uuid(user_id, "user_id")
     user = accounts.update_user(
         principal.actor, target, role=body.role, disabled=body.disabled, password=body.password

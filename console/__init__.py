@@ -21,7 +21,16 @@ CONSOLE_COOKIE = "sentinel_console"
 
 def attach(root: FastAPI, flask_app: Flask) -> None:
     context.bind(flask_app)
-    from console import dashboard, login  # noqa: F401 - registers the pages
+    from console import (  # noqa: F401 - registers the pages
+        audit,
+        bundles,
+        dashboard,
+        drift,
+        login,
+        nodes,
+        rollouts,
+        settings,
+    )
 
     nicegui_app.on_startup(live.start_listener)
     nicegui_app.on_shutdown(live.stop_listener)

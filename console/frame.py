@@ -18,7 +18,15 @@ from console.session import Operator, operator_from_cookie
 from sentinel_cp import projects
 
 SESSION_CHECK_S = 30
-NAVIGATION = (("Dashboard", "/", "dashboard"),)
+NAVIGATION = (
+    ("Dashboard", "/", "dashboard"),
+    ("Nodes", "/nodes", "nodes"),
+    ("Bundles", "/bundles", "bundles"),
+    ("Rollouts", "/rollouts", "rollouts"),
+    ("Drift", "/drift", "drift"),
+    ("Audit log", "/audit", "audit"),
+    ("Settings", "/settings", "settings"),
+)
 ROLE_COLOURS = {"admin": "negative", "operator": "primary", "reader": "grey-7"}
 
 

@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from console.context import call, flask_app
 from sentinel_cp import accounts, sessions
+from sentinel_cp.errors import Unauthorized
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,24 @@ async def operator_from_cookie(cookie: str | None) -> Operator | None:
 async def current_operator(request: Request) -> Operator | None:
     cookie_name = flask_app().config["SESSION_COOKIE_NAME"]
     return await operator_from_cookie(request.cookies.get(cookie_name))
+
+
+def session_cookie(request: Request) -> str | None:
+    """The Flask-Login session cookie the page was opened with."""
+    return request.cookies.get(flask_app().config["SESSION_COOKIE_NAME"])
+
+
+def acting_principal(cookie: str | None) -> accounts.Principal:
+    """The principal a console mutation acts as, checked again at the moment it acts.
+
+    Call it inside `call(...)`, in the same transaction as the domain function: a user demoted,
+    disabled or logged out since the page loaded is refused here, whatever the page shows.
+    Check scopes with `principal.require(...)`, exactly as the API does.
+    """
+    ids = _session_ids(cookie)
+    user = None
+    if ids is not None and not sessions.is_revoked(ids[1]):
+        user = accounts.load_session_user(ids[0])
+    if user is None:
+        raise Unauthorized("Your session has ended; please log in again", code="unauthenticated")
+    return accounts.principal_for_user(user)

@@ -44,6 +44,8 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "operator": frozenset(s for s in SCOPES if s.endswith((":read", ":write"))),
     "admin": frozenset(SCOPES),
 }
+# Who may manage access: list, create and revoke API keys, and manage users (admins only).
+ACCESS_ADMIN_SCOPE = "api_keys:admin"
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 256
 KEY_PREFIX = "sk_"
@@ -191,6 +193,13 @@ class Principal:
         """Refuse what reaches beyond one project (users, new projects) to a bound key."""
         if self.project_id is not None:
             raise Forbidden(f"A project-bound key cannot {action}", code="project_binding")
+
+
+def require_user_admin(principal: Principal) -> None:
+    """Refuse managing users (list, show, create, change) to a caller without the access-admin
+    scope, or acting through a key bound to one project: users span every project."""
+    principal.require(ACCESS_ADMIN_SCOPE)
+    principal.require_unbound("manage users")
 
 
 def principal_for_user(user: User) -> Principal:

@@ -31,6 +31,7 @@ from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
 
 GLOBAL_CHAIN = "global"
 GENESIS_HASH = "0" * 64
+READ_SCOPE = "audit:read"  # list, export and verify (every role holds it)
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from sentinel_cp import audit, events, jobqueue, signing
 from sentinel_cp.audit import Actor
-from sentinel_cp.bundles.models import Bundle
+from sentinel_cp.bundles.models import Bundle, NodeBundleStatus
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
 from sentinel_cp.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
-from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+from sentinel_cp.pagination import MAX_LIMIT, Page, decode_cursor, encode_cursor
 from sentinel_cp.projects import Project, ProjectSettings, registration_token_matches
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -864,6 +864,65 @@ def list_nodes(
     return Page(rows[:limit], next_cursor, total)
 
 
+NODE_SORTS = ("name", "status", "last_seen")
+
+
+def count_nodes(project_id: uuid.UUID, filters: NodeFilter) -> int:
+    """How many of the project's nodes match `filters`."""
+    query = _filtered_nodes(project_id, filters)
+    return db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+def list_nodes_page(
+    project_id: uuid.UUID,
+    filters: NodeFilter,
+    *,
+    sort: str = "name",
+    descending: bool = False,
+    offset: int = 0,
+    limit: int = 50,
+) -> Page[Node]:
+    """One page of nodes in a chosen order, addressed by offset (`next_cursor` is None).
+
+    For a table that sorts by any column and jumps to any page (the console); the API keeps
+    the keyset-paged `list_nodes`. Ties are broken by name, so pages do not overlap, and
+    nodes never seen sort last in either direction.
+    """
+    if sort not in NODE_SORTS:
+        raise Invalid("Invalid sort", fields={"sort": [f"one of {', '.join(NODE_SORTS)}"]})
+    if offset < 0 or not 1 <= limit <= MAX_LIMIT:
+        raise Invalid("Invalid page", fields={"page": [f"offset ≥ 0, 1 ≤ limit ≤ {MAX_LIMIT}"]})
+    column = {"name": Node.name, "status": Node.status, "last_seen": Node.last_seen_at}[sort]
+    order = (column.desc() if descending else column.asc()).nulls_last()
+    query = _filtered_nodes(project_id, filters)
+    rows = db.session.scalars(query.order_by(order, Node.name).offset(offset).limit(limit))
+    return Page(list(rows), None, count_nodes(project_id, filters))
+
+
+def node_versions(project_id: uuid.UUID) -> list[str]:
+    """The proxy versions the project's nodes report, sorted (for a version filter)."""
+    return list(
+        db.session.scalars(
+            select(Node.version)
+            .where(Node.project_id == project_id, Node.version.is_not(None))
+            .distinct()
+            .order_by(Node.version)
+        )
+    )
+
+
+def bundle_versions(project_id: uuid.UUID, bundle_ids: list[str]) -> dict[str, str]:
+    """The version labels of some of the project's bundles, by id (to label what nodes run)."""
+    if not bundle_ids:
+        return {}
+    rows = db.session.execute(
+        select(Bundle.id, Bundle.version).where(
+            Bundle.project_id == project_id, Bundle.id.in_(bundle_ids)
+        )
+    )
+    return {bundle_id: version for bundle_id, version in rows}
+
+
 def node_stats(project_id: uuid.UUID) -> dict[str, Any]:
     by_status = dict.fromkeys(STATUSES, 0)
     for status, count in db.session.execute(
@@ -963,6 +1022,19 @@ def _history(model: Any, node: Node, *, limit: int, cursor: str | None) -> Page[
     rows = list(db.session.scalars(query.order_by(model.id.desc()).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return Page(rows[:limit], next_cursor, total)
+
+
+def bundle_history(node: Node, *, limit: int) -> list[tuple[NodeBundleStatus, str | None]]:
+    """The node's bundle assignments (`node_bundle_statuses`), newest first, each with its
+    bundle's version label."""
+    rows = db.session.execute(
+        select(NodeBundleStatus, Bundle.version)
+        .outerjoin(Bundle, Bundle.id == NodeBundleStatus.bundle_id)
+        .where(NodeBundleStatus.node_id == node.id)
+        .order_by(NodeBundleStatus.id.desc())
+        .limit(limit)
+    )
+    return [(status, version) for status, version in rows]
 
 
 # --- groups ---------------------------------------------------------------------------------

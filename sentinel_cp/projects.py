@@ -26,6 +26,8 @@ from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
 
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,48}[a-z0-9]")
 REGISTRATION_TOKEN_PREFIX = "rt_"
+# Who may create, rename, re-configure or delete projects and rotate registration tokens.
+ADMIN_SCOPE = "projects:admin"
 
 
 class ProjectSettings(BaseModel):

@@ -1,8 +1,14 @@
-"""A project's stored rollout settings: freeze windows and rollout templates (audited CRUD)."""
+"""A project's stored rollout settings: freeze windows and rollout templates (audited CRUD).
+
+Also the access rules every adapter shares (the REST API and the console): which scope acting
+on rollouts needs, who may override a freeze window, and which operator actions a rollout's
+current state allows, so a page offers exactly what the engine would accept.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -12,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sentinel_cp import audit
 from sentinel_cp.audit import Actor
 from sentinel_cp.db import db, utcnow
-from sentinel_cp.errors import Conflict, NotFound
+from sentinel_cp.errors import Conflict, Forbidden, NotFound
 from sentinel_cp.rollouts import freeze
-from sentinel_cp.rollouts.models import FreezeWindowRow, RolloutTemplate
+from sentinel_cp.rollouts.models import FreezeWindowRow, Rollout, RolloutTemplate
 from sentinel_cp.rollouts.types import RolloutConfig
 
 
@@ -154,3 +160,63 @@ def add_template(
         now=now,
     )
     return row
+
+
+# --- who may act on a rollout, and when ------------------------------------------------------
+
+READ_SCOPE = "rollouts:read"  # list, show and plan (a dry run)
+WRITE_SCOPE = "rollouts:write"  # create, templates, and every operator action
+FREEZE_OVERRIDE_SCOPE = "projects:admin"  # only admins may roll out through a freeze window
+FREEZE_WINDOWS_SCOPE = "projects:admin"  # only admins add or remove freeze windows
+OPERATOR_ACTIONS = ("approve", "reject", "resume", "promote", "pause", "cancel", "rollback")
+
+
+def require_freeze_override(scopes: Collection[str]) -> None:
+    """Refuse a freeze-window override to a caller without the admin scope (403)."""
+    if FREEZE_OVERRIDE_SCOPE not in scopes:
+        raise Forbidden(
+            f"Insufficient scope: {FREEZE_OVERRIDE_SCOPE} is required",
+            code="insufficient_scope",
+            required=FREEZE_OVERRIDE_SCOPE,
+        )
+
+
+def legal_actions(rollout: Rollout) -> tuple[str, ...]:
+    """The operator actions the engine accepts on `rollout` in its current state.
+
+    Mirrors the states each engine action checks (`engine.pause`, `resume`, …), which stay the
+    authority: acting on a stale page still gets the engine's 409 naming the current state.
+    """
+    state, approval = rollout.state, rollout.approval_state
+    awaiting_promotion = state == "paused" and rollout.reason == "awaiting_promotion"
+    legal: list[str] = []
+    if state == "pending" and approval == "pending_approval":
+        legal += ["approve", "reject"]
+    startable = state == "pending" and approval in ("not_required", "approved")
+    if startable or (state == "paused" and not awaiting_promotion):
+        legal.append("resume")
+    if awaiting_promotion:
+        legal.append("promote")
+    if state == "running":
+        legal.append("pause")
+    if state in ("pending", "running", "paused"):
+        legal.append("cancel")
+    if state in ("running", "paused", "failed", "completed") and rollout.rollback_of is None:
+        legal.append("rollback")
+    return tuple(legal)
+
+
+def offered_actions(
+    rollout: Rollout, scopes: Collection[str], user_id: uuid.UUID | None
+) -> tuple[str, ...]:
+    """The legal actions this user may take: none without the write scope, and never
+    approving a rollout they created."""
+    if WRITE_SCOPE not in scopes:
+        return ()
+    return tuple(
+        action
+        for action in legal_actions(rollout)
+        if not (
+            action == "approve" and user_id is not None and rollout.created_by_user_id == user_id
+        )
+    )
