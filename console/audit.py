@@ -6,9 +6,9 @@ project creation and deletion). The verdict comes from `audit.verify_chain`, the
 `sentinel-cp audit verify` and `GET …/audit/verify`; it runs when the page opens, when the chain
 changes, on "Verify now", and at most every `VERIFY_EVERY_S` while entries keep arriving.
 
-This module also holds the two pieces the drift and settings pages share with it: following
-live changes (`follow_changes`) and paging a keyset-paginated domain list (`CursorPager`), and
-how a domain refusal reads in a notification (`explain`).
+This module also holds what the drift and settings pages share with it: paging a
+keyset-paginated domain list (`CursorPager`) and how a domain refusal reads in a notification
+(`explain`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from sentinel_cp.errors import DomainError, Forbidden, Invalid
 from sentinel_cp.pagination import encode_cursor
 
 PAGE_SIZE = 25
-LIVE_INTERVAL_S = 1.0  # a page reloads at most once a second, whatever the event rate
 VERIFY_EVERY_S = 30.0  # live updates re-verify the chain at most this often (it is a full walk)
 SUMMARY_MAX = 140
 # What the API's audit query accepts, so the export links built from these filters work.
@@ -60,54 +59,6 @@ def explain(exc: DomainError) -> str:
     if isinstance(exc, Forbidden):
         return f"Not allowed: {exc.message}"
     return exc.message
-
-
-def follow_changes(
-    matches: Callable[[dict[str, Any]], bool], refresh: Callable[[], Awaitable[None]]
-) -> live.Coalescer:
-    """Call `refresh` after the live events `matches` accepts, at most once per
-    `LIVE_INTERVAL_S`, and only while this page's browser is connected: a disconnect
-    unsubscribes, a reconnect subscribes again and refreshes once (events were missed), and
-    the page's end unsubscribes for good."""
-    client = ui.context.client
-
-    async def guarded() -> None:
-        if client.is_deleted:
-            return
-        try:
-            await refresh()
-        except DomainError as exc:  # e.g. the session ended: the frame's check ends the page
-            log.info("live refresh of %s skipped: %s", client.page.path, exc.message)
-
-    coalesced = live.Coalescer(guarded, LIVE_INTERVAL_S)
-
-    def on_change(event: dict[str, Any]) -> None:
-        if matches(event):
-            coalesced()
-
-    subscribed = False
-
-    def subscribe() -> None:
-        nonlocal subscribed
-        if not subscribed:
-            live.changes.subscribe(on_change, unsubscribe_on_delete=False)
-            subscribed = True
-
-    def unsubscribe() -> None:
-        nonlocal subscribed
-        live.changes.unsubscribe(on_change)
-        subscribed = False
-
-    def reconnected() -> None:
-        if not subscribed:
-            subscribe()
-            coalesced()
-
-    subscribe()
-    client.on_connect(reconnected)
-    client.on_disconnect(unsubscribe)
-    client.on_delete(unsubscribe)
-    return coalesced
 
 
 class CursorPager:
@@ -606,5 +557,5 @@ async def audit_page(request: Request):
         view = AuditLogView(cookie, slug)
         view.show_verdict(verdict)
         view.show(data)
-        follow_changes(view.hears, view.live_refresh)
+        live.follow(view.hears, view.live_refresh)
     return None

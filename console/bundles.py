@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,7 +39,6 @@ from sentinel_cp.errors import DomainError, Forbidden, Invalid, NotFound, Unauth
 
 READ, WRITE = "bundles:read", "bundles:write"  # the API's scopes for the same actions
 PAGE_SIZE = 25
-LIVE_INTERVAL_S = 1.0  # a page reloads at most once a second, whatever the event rate
 CHOICES = 200  # bundles offered by the diff page's pickers (newest first)
 REASON_MAX = 500  # as the API's BundleRevokeIn
 UPLOAD_MAX_BYTES = 4 * 1024 * 1024  # as the API's multipart envelope; sources applies the rest
@@ -141,57 +140,6 @@ def _label(bundle: Bundle) -> str:
 def _login_redirect(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='')}")
-
-
-def follow(
-    project_id: str, refresh: Callable[[], Awaitable[None]], *, bundle: str | None = None
-) -> Callable[[dict[str, Any]], None]:
-    """Call `refresh` after this project's bundle events (only `bundle`'s, when given), at most
-    once per `LIVE_INTERVAL_S`.
-
-    Subscribed only while the browser is connected: a disconnect unsubscribes (no work for a
-    page nobody sees), a reconnect subscribes again and reloads once (it may have missed
-    events), and deleting the page unsubscribes for good.
-    """
-    client = ui.context.client
-
-    async def guarded() -> None:
-        if not client.is_deleted:
-            await refresh()
-
-    coalesced = live.Coalescer(guarded, LIVE_INTERVAL_S)
-
-    def on_event(event: dict[str, Any]) -> None:
-        if (
-            event.get("project") == project_id
-            and event.get("kind") == "bundle"
-            and (bundle is None or event.get("id") == bundle)
-        ):
-            coalesced()
-
-    subscribed = False
-
-    def subscribe() -> None:
-        nonlocal subscribed
-        if not subscribed:
-            live.changes.subscribe(on_event, unsubscribe_on_delete=False)
-            subscribed = True
-
-    def unsubscribe() -> None:
-        nonlocal subscribed
-        live.changes.unsubscribe(on_event)
-        subscribed = False
-
-    def reconnected() -> None:
-        if not subscribed:
-            subscribe()
-            coalesced()
-
-    subscribe()
-    client.on_connect(reconnected)
-    client.on_disconnect(unsubscribe)
-    client.on_delete(unsubscribe)
-    return on_event
 
 
 def _no_project() -> None:
@@ -754,7 +702,7 @@ async def bundles_page(request: Request):
         newer.on_click(go_newer)
         status_filter.on_value_change(filter_status)
         show(data)
-        follow(data["project_id"], reload)
+        live.follow(live.for_project(data["project_id"], "bundle"), reload)
     return None
 
 
@@ -1423,5 +1371,12 @@ async def bundle_page(request: Request, bundle_id: str):
             return None
         assert slug is not None  # data was loaded from it
         detail = BundleDetail(operator, session_cookie(request), slug, data)
-        follow(data["project_id"], detail.reload, bundle=detail.bundle_id)
+        live.follow(
+            lambda e: (
+                e.get("project") == data["project_id"]
+                and e.get("kind") == "bundle"
+                and e.get("id") == detail.bundle_id
+            ),
+            detail.reload,
+        )
     return None

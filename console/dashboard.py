@@ -285,8 +285,5 @@ async def dashboard_page(request: Request):
             render_rollouts(fresh["rollouts"])
             render_attention(fresh)
 
-        coalesced = live.Coalescer(refresh)
-        live.changes.subscribe(
-            lambda event: coalesced() if event.get("project") == project_id else None
-        )
+        live.follow(live.for_project(project_id), refresh)
     return None

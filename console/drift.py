@@ -22,7 +22,8 @@ from nicegui import ui
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
-from console.audit import CursorPager, explain, follow_changes, when
+from console import live
+from console.audit import CursorPager, explain, when
 from console.context import call
 from console.frame import frame, page_context
 from console.session import Operator, acting_principal, current_operator, session_cookie
@@ -441,5 +442,5 @@ async def drift_page(request: Request):
         data = await call(load_drift, cookie, slug, DriftQuery(), None)
         view = DriftView(operator, cookie, slug)
         view.show(data)
-        follow_changes(view.hears, view.reload)
+        live.follow(view.hears, view.reload)
     return None

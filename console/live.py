@@ -14,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from nicegui import Event, background_tasks
+from nicegui import Event, background_tasks, ui
 
 from sentinel_cp import broker
+from sentinel_cp.errors import DomainError
 from sentinel_cp.events import CHANNEL
 
 log = logging.getLogger(__name__)
+LIVE_INTERVAL_S = 1.0  # a page reloads at most once a second, whatever the event rate
 changes: Event[dict[str, Any]] = Event()
 listener_ready = asyncio.Event()
 _task: asyncio.Task[None] | None = None
@@ -80,3 +82,72 @@ class Coalescer:
         await asyncio.sleep(self.interval_s)
         self.pending = False
         await self.refresh()
+
+
+def for_project(project_id: str, *kinds: str) -> Callable[[dict[str, Any]], bool]:
+    """An event filter: this project's events (of `kinds`, when given)."""
+    return lambda event: (
+        event.get("project") == project_id and (not kinds or event.get("kind") in kinds)
+    )
+
+
+def follow(
+    matches: Callable[[dict[str, Any]], bool],
+    refresh: Callable[[], Awaitable[None]],
+    *,
+    periodic_s: float | None = None,
+) -> Coalescer:
+    """Call `refresh` after the events `matches` accepts, at most once per `LIVE_INTERVAL_S`
+    (and every `periodic_s` anyway, for what publishes no event), only while this page's
+    browser is connected.
+
+    A disconnect unsubscribes (no work for a page nobody sees), a reconnect subscribes again
+    and refreshes once (events were missed: pub/sub does not keep them), and the page's end
+    unsubscribes for good. A refresh that meets a domain error (the session ended, the thing
+    was deleted) is skipped; the frame's session check ends the page.
+    """
+    client = ui.context.client
+
+    async def guarded() -> None:
+        if client.is_deleted:
+            return
+        try:
+            await refresh()
+        except DomainError as exc:
+            log.info("live refresh of %s skipped: %s", client.page.path, exc.message)
+
+    coalesced = Coalescer(guarded, LIVE_INTERVAL_S)
+
+    def on_change(event: dict[str, Any]) -> None:
+        if matches(event):
+            coalesced()
+
+    subscribed = False
+
+    def subscribe() -> None:
+        nonlocal subscribed
+        if not subscribed:
+            changes.subscribe(on_change, unsubscribe_on_delete=False)
+            subscribed = True
+
+    def unsubscribe() -> None:
+        nonlocal subscribed
+        changes.unsubscribe(on_change)
+        subscribed = False
+
+    def reconnected() -> None:
+        if not subscribed:
+            subscribe()
+            coalesced()
+
+    def periodic() -> None:
+        if subscribed:
+            coalesced()
+
+    subscribe()
+    if periodic_s is not None:
+        ui.timer(periodic_s, periodic, immediate=False)
+    client.on_connect(reconnected)
+    client.on_disconnect(unsubscribe)
+    client.on_delete(unsubscribe)
+    return coalesced

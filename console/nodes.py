@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +34,6 @@ from sentinel_cp.errors import DomainError, Invalid, NotFound
 WRITE = "nodes:write"
 PAGE_SIZE = 50
 PAGE_SIZES = (25, 50, 100)
-LIVE_INTERVAL_S = 1.0
 PERIODIC_REFRESH_S = 30
 HISTORY_SAMPLES = 240  # four hours of the once-a-minute heartbeat samples
 CHART_WINDOW = timedelta(hours=4)  # charts span at least this much, ending now
@@ -95,56 +94,6 @@ def _bundle_label(bundle_id: str | None, versions: dict[str, str]) -> str:
         return "—"
     version = versions.get(bundle_id)
     return f"{version} ({bundle_id[:8]})" if version else bundle_id[:12]
-
-
-def follow_project(project_id: str, refresh: Callable[[], Awaitable[None]]) -> None:
-    """Call `refresh` after this project's events, at most once per `LIVE_INTERVAL_S`, and
-    every `PERIODIC_REFRESH_S` anyway: pub/sub is lossy, and a steady heartbeat publishes
-    nothing although "last seen" and the charts move on.
-
-    Subscribed only while the browser is connected: a disconnect unsubscribes (no work for a
-    page nobody sees), a reconnect subscribes again and reloads once (it may have missed
-    events), and deleting the page unsubscribes for good.
-    """
-    client = ui.context.client
-
-    async def guarded() -> None:
-        if not client.is_deleted:
-            await refresh()
-
-    coalesced = live.Coalescer(guarded, LIVE_INTERVAL_S)
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("project") == project_id:
-            coalesced()
-
-    subscribed = False
-
-    def subscribe() -> None:
-        nonlocal subscribed
-        if not subscribed:
-            live.changes.subscribe(on_event, unsubscribe_on_delete=False)
-            subscribed = True
-
-    def unsubscribe() -> None:
-        nonlocal subscribed
-        live.changes.unsubscribe(on_event)
-        subscribed = False
-
-    def reconnected() -> None:
-        if not subscribed:
-            subscribe()
-            coalesced()
-
-    def periodic() -> None:
-        if subscribed:
-            coalesced()
-
-    subscribe()
-    ui.timer(PERIODIC_REFRESH_S, periodic, immediate=False)
-    client.on_connect(reconnected)
-    client.on_disconnect(unsubscribe)
-    client.on_delete(unsubscribe)
 
 
 async def _attempt(action: Awaitable[None], success: str) -> bool:
@@ -473,7 +422,9 @@ async def nodes_page(request: Request):
             return None
         data = await call(load_table, slug, TableQuery())
         table = FleetTable(slug, data)
-        follow_project(data["project_id"], table.reload)
+        live.follow(
+            live.for_project(data["project_id"]), table.reload, periodic_s=PERIODIC_REFRESH_S
+        )
     return None
 
 
@@ -820,5 +771,7 @@ async def node_page(request: Request, node_id: str):
             ui.link("← All nodes", "/nodes").classes("text-primary")
             return None
         detail = NodeDetail(operator, session_cookie(request), slug, data)
-        follow_project(data["project_id"], detail.reload)
+        live.follow(
+            live.for_project(data["project_id"]), detail.reload, periodic_s=PERIODIC_REFRESH_S
+        )
     return None

@@ -34,7 +34,6 @@ from sentinel_cp.errors import DomainError, Forbidden, Invalid, NotFound
 from sentinel_cp.rollouts import catalog, engine
 
 PAGE_SIZE = 20
-LIVE_INTERVAL_S = 1.0  # a page reloads at most once a second, whatever the event rate
 PLAN_DEBOUNCE_S = 0.3
 ACTIVE_POLL_S = 5.0  # gate verdicts refresh without an event while a step bakes
 GRID_NAMES_UP_TO = 400  # bigger steps draw their nodes as unnamed cells (names in the tooltip)
@@ -202,50 +201,6 @@ async def acting_operator() -> Operator | None:
         ui.notify("Your session has ended; please log in again.", type="warning")
         ui.navigate.to("/login?expired=1")
     return operator
-
-
-def follow(
-    project_id: str, refresh: Callable[[], Awaitable[None]], kinds: tuple[str, ...]
-) -> live.Coalescer:
-    """Refresh on the project's events of `kinds`, coalesced to at most one per second.
-
-    The subscription lives while the browser is connected: dropped on disconnect, taken again
-    (with one refresh for what was missed) on reconnect, and gone with the client.
-    """
-    client = ui.context.client
-
-    async def guarded() -> None:
-        if not client.is_deleted and client.has_socket_connection:
-            await refresh()
-
-    coalesced = live.Coalescer(guarded, interval_s=LIVE_INTERVAL_S)
-
-    def on_change(event: dict[str, Any]) -> None:
-        if event.get("project") == project_id and event.get("kind") in kinds:
-            coalesced()
-
-    listening = {"now": False}
-
-    def unsubscribe() -> None:
-        live.changes.unsubscribe(on_change)
-        listening["now"] = False
-
-    def subscribe() -> None:
-        live.changes.subscribe(on_change, unsubscribe_on_delete=False)
-        listening["now"] = True
-
-    def connected() -> None:
-        # The first handshake may come before or after this point of the page's build; only a
-        # reconnect after a disconnect finds the page deaf: listen again, and catch up once.
-        if not listening["now"]:
-            subscribe()
-            coalesced()
-
-    subscribe()
-    client.on_connect(connected)
-    client.on_disconnect(unsubscribe)
-    client.on_delete(unsubscribe)
-    return coalesced
 
 
 async def _page_start(request: Request) -> tuple[Operator, Any] | None:
@@ -539,7 +494,7 @@ async def rollouts_page(request: Request):
         newer.on_click(go_newer)
         state_filter.on_value_change(filter_state)
         show(data)
-        follow(data["project_id"], reload, ("rollout", "node"))
+        live.follow(live.for_project(data["project_id"], "rollout", "node"), reload)
     return None
 
 
@@ -971,7 +926,7 @@ async def new_rollout_page(request: Request, template: str | None = None):
         if template in options["templates"]:
             form.template.value = template
         await refresh_plan()
-        follow(options["project_id"], refresh_plan, ("rollout", "node"))
+        live.follow(live.for_project(options["project_id"], "rollout", "node"), refresh_plan)
     return None
 
 
@@ -1113,7 +1068,7 @@ async def rollout_page(request: Request, rollout_id: str):
             _settings(rollout["config"])
 
         body()
-        coalesced = follow(data["project_id"], reload, ("rollout", "node"))
+        coalesced = live.follow(live.for_project(data["project_id"], "rollout", "node"), reload)
         poll = ui.timer(ACTIVE_POLL_S, coalesced, active=_is_active(data))
     return None
 

@@ -25,7 +25,8 @@ from nicegui import ui
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
-from console.audit import CursorPager, explain, follow_changes, parse_moment, when
+from console import live
+from console.audit import CursorPager, explain, parse_moment, when
 from console.context import call
 from console.frame import frame, page_context
 from console.nodes import parse_labels
@@ -1418,5 +1419,5 @@ async def settings_page(request: Request):
         if keys is not None and users is not None:
             view.show_keys(keys)
             view.show_users(users)
-        follow_changes(view.hears, view.refresh_all)
+        live.follow(view.hears, view.refresh_all)
     return None
