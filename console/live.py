@@ -56,6 +56,7 @@ async def _listen() -> None:
 
 def start_listener() -> None:
     global _task
+    listener_ready.clear()  # a restarted listener is not ready until it subscribed again
     _task = background_tasks.create(_listen(), name="sentinel-events")
 
 

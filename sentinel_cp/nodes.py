@@ -1001,6 +1001,7 @@ def revoke_credentials(actor: Actor, node: Node) -> Node:
             resource_id=node.id,
             project_id=node.project_id,
         )
+        events.publish_after_commit(node.project_id, "node", node.id, "key_revoked")
     return node
 
 

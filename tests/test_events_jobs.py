@@ -152,3 +152,21 @@ def test_setup_created_project_is_visible_to_the_dashboard_query(app: Any) -> No
 
     with app.app_context():
         assert _project_slugs() == ["delta"]
+
+
+def test_revoking_a_node_key_publishes_a_node_event(app: Any, backend: Any) -> None:
+    from sentinel_cp import nodes
+
+    with app.app_context():
+        project = projects.create_project(Actor.system("test"), slug="delta", name="Delta")
+        node = nodes.Node(project_id=project.id, name="edge-1", key_hash="x" * 64)
+        db.session.add(node)
+        db.session.commit()
+        project_id = str(project.id)
+        pubsub = subscribe(backend.redis_url)
+        nodes.revoke_credentials(Actor.system("test"), node)
+        db.session.commit()
+        seen = [event for _ in range(3) if (event := next_event(pubsub, project_id))]
+    assert {"kind": "node", "id": str(node.id), "state": "key_revoked"} in [
+        {k: e[k] for k in ("kind", "id", "state")} for e in seen
+    ]
