@@ -483,6 +483,32 @@ def test_a_template_supplies_settings_the_request_does_not(
     assert missing.status_code == 404
 
 
+def test_a_request_changing_the_templates_strategy_drops_the_templates_strategy_settings(
+    client: Any, app: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    made = client.post(
+        f"{BASE}/rollout-templates",
+        json={"name": "steady", "strategy": "rolling", "batch_size": 3, "bake_s": 30},
+        headers=bearer(key),
+    )
+    assert made.status_code == 201, made.get_json()
+    canary = client.post(
+        f"{BASE}/rollouts/plan",
+        json={"bundle_id": bundle_id, "template": "steady", "strategy": "canary"},
+        headers=bearer(key),
+    )
+    assert canary.status_code == 200, canary.get_json()
+    assert canary.get_json()["config"]["strategy"] == "canary"
+    assert canary.get_json()["config"]["bake_s"] == 30  # the template's shared settings stay
+    share = client.post(
+        f"{BASE}/rollouts/plan",
+        json={"bundle_id": bundle_id, "template": "steady", "batch_percent": 50},
+        headers=bearer(key),
+    )
+    assert share.status_code == 200, share.get_json()
+    assert [len(s["nodes"]) for s in share.get_json()["steps"]] == [2, 2]
+
+
 def test_a_tick_requested_while_one_runs_is_queued_once_as_a_follow_up(
     app: Any, backend: Any
 ) -> None:

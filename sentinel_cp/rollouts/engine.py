@@ -54,6 +54,7 @@ from sentinel_cp.rollouts.types import (
     StartBaking,
     StartStep,
     StepView,
+    merge_with_template,
 )
 
 MAX_ACTIONS_PER_TICK = 64
@@ -142,8 +143,7 @@ def plan(project: Project, request: Mapping[str, Any]) -> Plan:
         from sentinel_cp.rollouts.catalog import get_template
 
         template = get_template(project.id, str(request["template"]))
-        # the request's own values win over the template's
-        given = {**template.config, **given}
+        given = merge_with_template(template.config, given)
         selector_given = selector_given or template.target_selector
     config = RolloutConfig.from_dict(given, standby_slot=settings.standby_slot)
     selector = dict(selector_given or {"all": True})

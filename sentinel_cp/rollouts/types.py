@@ -223,6 +223,25 @@ _STRATEGY_FIELDS: dict[str, Strategy] = {
 }
 
 
+# Given one of these, the template's other one does not apply.
+_EXCLUSIVE_FIELDS = {"batch_size": "batch_percent", "batch_percent": "batch_size"}
+
+
+def merge_with_template(template: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's settings over a template's: the request's values win, and template
+    settings that no longer apply are dropped — those of another strategy when the request
+    picks a different one, and `batch_size`/`batch_percent` when the request gives the other."""
+    given = {key: value for key, value in given.items() if value is not None}
+    strategy = given.get("strategy") or template.get("strategy") or "rolling"
+    kept = {
+        key: value
+        for key, value in template.items()
+        if _STRATEGY_FIELDS.get(key, strategy) == strategy
+        and _EXCLUSIVE_FIELDS.get(key) not in given
+    }
+    return {**kept, **given}
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     """How a rollout moves: the settings of spec/rollouts.md "Definition" plus the gate timing.
