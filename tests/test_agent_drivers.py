@@ -239,9 +239,17 @@ async def test_a_reload_command_is_run_after_the_swap(tmp_path: Path) -> None:
 
 
 def test_the_live_config_is_never_missing_or_mixed_while_it_is_swapped(tmp_path: Path) -> None:
-    """A reader resolving the link at any moment finds one complete release."""
+    """A reader resolving the link at any moment finds one complete release.
+
+    The directory is adopted first: before that, `config_dir` is the proxy's plain directory,
+    whose "resolved" path is itself and changes meaning at the adoption's exchange (CI once
+    caught a reader mixing the plain v0 with v1 that way), so there is no release to hold.
+    """
     config_dir = write_config(tmp_path / "etc" / "sentinel", "v0\n")
     driver = FileDriver(config_dir)
+    asyncio.run(driver.activate(write_config(tmp_path / "staged-adopt", "v0\n")))
+    asyncio.run(driver.verify())
+    assert config_dir.is_symlink()
     done = threading.Event()
     problems: list[str] = []
     reads = 0
