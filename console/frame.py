@@ -89,7 +89,7 @@ def frame(operator: Operator, title: str, project: str | None, slugs: list[str])
             ui.button("Log out", on_click=logout).props("flat color=white").mark("logout")
     with ui.left_drawer(value=True, bordered=True).classes("bg-grey-1 w-48"):
         for label, path, marker in NAVIGATION:
-            ui.link(label, path).classes("block py-1 text-body1").mark(f"nav-{marker}")
+            ui.link(label, path).classes("block py-1 text-body1 no-underline").mark(f"nav-{marker}")
     ui.timer(SESSION_CHECK_S, check_session)
     with ui.column().classes("w-full max-w-6xl mx-auto p-4 gap-4") as content:
         ui.label(title).classes("text-h5")
