@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,12 +68,25 @@ async def stop_listener() -> None:
 
 
 class Coalescer:
-    """Run `refresh` at most once per `interval_s`, however many events arrive."""
+    """Run `refresh` at most once per `interval_s`, however many events arrive.
 
-    def __init__(self, refresh: Callable[[], Awaitable[None]], interval_s: float = 0.5) -> None:
+    Leading edge: the first event after a quiet interval refreshes at once (an operator sees a
+    change in tens of milliseconds, not a second later); events arriving within `interval_s`
+    of the last refresh are folded into one more refresh at the end of the interval.
+    """
+
+    def __init__(
+        self,
+        refresh: Callable[[], Awaitable[None]],
+        interval_s: float = 0.5,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.refresh = refresh
         self.interval_s = interval_s
+        self.clock = clock
         self.pending = False
+        self.last_run = -math.inf
 
     def __call__(self, _event: dict[str, Any] | None = None) -> None:
         if self.pending:
@@ -80,8 +95,11 @@ class Coalescer:
         background_tasks.create(self._run(), name="console-refresh")
 
     async def _run(self) -> None:
-        await asyncio.sleep(self.interval_s)
+        wait = self.last_run + self.interval_s - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
         self.pending = False
+        self.last_run = self.clock()
         await self.refresh()
 
 

@@ -107,3 +107,29 @@ async def test_the_dashboard_follows_node_events_live(user: User, console: Conso
     )
     labels = [e for e in user.find(marker="nodes-online").elements if isinstance(e, ui.label)]
     await console.eventually(lambda: labels[0].text == "3", what="the online count to follow")
+
+
+async def test_the_first_change_refreshes_at_once_and_a_burst_within_the_interval_once_more(
+    console: Console,
+) -> None:
+    """Leading edge: no second of delay before the first refresh; the rest coalesce."""
+    import asyncio
+
+    from console.live import Coalescer
+
+    now = [100.0]
+    runs: list[float] = []
+
+    async def refresh() -> None:
+        runs.append(now[0])
+
+    coalesced = Coalescer(refresh, 1.0, clock=lambda: now[0])
+    coalesced()
+    await console.eventually(lambda: len(runs) == 1, what="the leading refresh")
+    assert runs == [100.0]  # at once: the clock did not move
+    for _ in range(20):
+        coalesced()
+    await asyncio.sleep(0)
+    assert len(runs) == 1 and coalesced.pending  # folded, waiting for the interval's end
+    now[0] = 100.5  # the coalescer waits out the rest of the interval (a real 1 s wait)
+    await console.eventually(lambda: len(runs) == 2, what="the trailing refresh", timeout=5)
