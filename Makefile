@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 FLASK := $(PY) -m flask --app app
 
-.PHONY: setup run test test-coverage format lint check db-setup db-reset db-migrate bench clean
+.PHONY: setup run test test-coverage format lint check db-setup db-reset db-migrate bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ bench: $(STAMP)  ## benchmarks -> bench/results.json (QUICK=1 for a short run; i
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| { echo "bench needs wrk (Debian package wrk)"; exit 1; }
 	QUICK=$(QUICK) $(PY) bench/run.py
+
+screenshots: $(STAMP)  ## docs/screenshots/*.png from a live demo in Debian's headless chromium
+	$(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache htmlcov .coverage

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import api_auth, heartbeat, propagation, validate
+from bench import api_auth, console_live, heartbeat, propagation, validate
 from bench import compile as bundle_compile
 
-BENCHMARKS = (api_auth, validate, heartbeat, bundle_compile, propagation)
+BENCHMARKS = (api_auth, validate, heartbeat, bundle_compile, propagation, console_live)
 
 
 def main() -> None:
