@@ -428,6 +428,7 @@ def _apply(rollout: Rollout, steps: list[RolloutStep], action: Action, now: date
     bundle = db.session.get(Bundle, rollout.bundle_id)
     assert bundle is not None
     before = rollout.state
+    created: Rollout | None = None
     if isinstance(action, StartStep):
         step = by_index[action.index]
         step.state, step.started_at, step.finished_at = "running", now, None
@@ -461,7 +462,7 @@ def _apply(rollout: Rollout, steps: list[RolloutStep], action: Action, now: date
         if action.then == "rollback":
             # one audit row (the step failure) carries the rollout's running → rolling_back
             _set_state(rollout, "rolling_back", action.reason, action.details, now, meta)
-            _create_rollback(ENGINE, rollout, now)
+            created = _create_rollback(ENGINE, rollout, now)
         else:
             _set_state(rollout, "paused", action.reason, action.details, now, meta)
     elif isinstance(action, Pause | AwaitPromotion):
@@ -479,6 +480,8 @@ def _apply(rollout: Rollout, steps: list[RolloutStep], action: Action, now: date
         if rollout.rollback_of is not None:
             _finish_rolled_back(rollout, now)
     _audit_and_publish(rollout, action, before, now)
+    if created is not None and created.state == "completed":
+        _finish_rolled_back(created, now)  # nothing to return: after the step_failed row
 
 
 def _audit_and_publish(rollout: Rollout, action: Action, before: str, now: datetime) -> None:
@@ -744,6 +747,19 @@ def rollback(
     )
     if rollout.rollback_of is not None:
         raise Conflict("A rollback cannot itself be rolled back", code="rollout_is_rollback")
+    held = {
+        node_id: holder
+        for node_id, holder in _busy_nodes(rollout.project_id).items()
+        if holder != rollout.id
+    }
+    taken = sorted(
+        {str(held[row.node_id]) for row in _deliveries(rollout.id).values() if row.node_id in held}
+    )
+    if taken:
+        raise Conflict(
+            f"Its nodes are now part of rollout {', '.join(taken)}; finish or cancel that first",
+            code="nodes_busy",
+        )
     before = rollout.state
     for step in _steps(rollout.id):
         if step.state in ("running", "baking"):
@@ -752,6 +768,8 @@ def rollback(
     created = _create_rollback(actor, rollout, now)
     _operator_audit(actor, rollout, "rollout.rolling_back", before, reason, now)
     rollout.details = {**rollout.details, "rollback_rollout_id": str(created.id)}
+    if created.state == "completed":
+        _finish_rolled_back(created, now)  # nothing to return: after the rolling_back row
     return rollout
 
 
@@ -837,8 +855,8 @@ def _create_rollback(actor: Actor, original: Rollout, now: datetime) -> Rollout:
     events.publish_after_commit(original.project_id, "rollout", rollback.id, rollback.state)
     if targets:
         request_tick(rollback.id)
-    else:
-        _finish_rolled_back(rollback, now)
+    # With nothing to return the rollback is born completed; the caller audits the original's
+    # running → rolling_back first, then `_finish_rolled_back` (its audit trail stays in order).
     return rollback
 
 
