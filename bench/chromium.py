@@ -115,11 +115,17 @@ def log_in(driver: Any, base_url: str, email: str, password: str, timeout: float
     driver.find_element(By.XPATH, "//button[contains(., 'Log in')]").click()
 
     def landed(d: Any) -> bool:
+        from selenium.common.exceptions import StaleElementReferenceException
+
         if "/login" not in d.current_url:
             return True
-        error = d.find_elements(By.XPATH, "//*[contains(@class, 'text-negative')]")
-        if error and error[0].text.strip():
-            raise RuntimeError(f"login refused: {error[0].text.strip()}")
+        try:
+            error = d.find_elements(By.XPATH, "//*[contains(@class, 'text-negative')]")
+            message = error[0].text.strip() if error else ""
+        except StaleElementReferenceException:
+            return False  # the page is re-rendering (navigating away): look again
+        if message:
+            raise RuntimeError(f"login refused: {message}")
         return False
 
     wait_until(driver, landed, timeout, "the login to finish")
