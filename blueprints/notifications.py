@@ -92,7 +92,9 @@ class NotificationDeliveryOut(Out):
     last_error: str | None
     delivered_at: datetime | None
     created_at: datetime
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None = Field(
+        description="null for drift events unless the caller may read drift (nodes:read)"
+    )
     attempt_log: list[NotificationAttemptOut]
 
 
@@ -225,7 +227,12 @@ def list_deliveries(
         cursor=query.cursor,
     )
     db.session.commit()
-    return page_body(page, lambda delivery: delivery.to_dict())
+    return page_body(
+        page,
+        lambda delivery: delivery.to_dict(
+            with_payload=delivery.payload_visible_to(principal.scopes)
+        ),
+    )
 
 
 @route(

@@ -87,6 +87,7 @@ class Coalescer:
         self.clock = clock
         self.pending = False
         self.last_run = -math.inf
+        self._running = asyncio.Lock()  # one refresh at a time: a slow one is never overtaken
 
     def __call__(self, _event: dict[str, Any] | None = None) -> None:
         if self.pending:
@@ -99,8 +100,9 @@ class Coalescer:
         if wait > 0:
             await asyncio.sleep(wait)
         self.pending = False
-        self.last_run = self.clock()
-        await self.refresh()
+        async with self._running:
+            self.last_run = self.clock()
+            await self.refresh()
 
 
 def for_project(project_id: str, *kinds: str) -> Callable[[dict[str, Any]], bool]:

@@ -26,7 +26,7 @@ from starlette.responses import RedirectResponse
 from console import live
 from console.context import call
 from console.frame import frame, page_context
-from console.session import Operator, current_operator
+from console.session import Operator, acting_principal, current_operator, session_cookie
 from sentinel_cp import accounts, nodes, projects
 from sentinel_cp.bundles import catalog as bundles
 from sentinel_cp.db import db
@@ -320,8 +320,8 @@ def _plan(slug: str, request: dict[str, Any]) -> dict[str, Any]:
 # --- acting (the same domain calls as blueprints/rollouts.py, with the same actor) ----------
 
 
-def _create(user_id: str, slug: str, request: dict[str, Any]) -> str:
-    principal = _principal(user_id)
+def _create(cookie: str | None, slug: str, request: dict[str, Any]) -> str:
+    principal = acting_principal(cookie)
     principal.require(catalog.WRITE_SCOPE)
     if request.get("override_freeze"):
         catalog.require_freeze_override(principal.scopes)
@@ -331,9 +331,15 @@ def _create(user_id: str, slug: str, request: dict[str, Any]) -> str:
 
 
 def _perform(
-    user_id: str, slug: str, rollout_id: str, action: str, text: str, skip_unavailable: bool
+    cookie: str | None,
+    slug: str,
+    rollout_id: str,
+    action: str,
+    text: str,
+    skip_unavailable: bool,
 ) -> str:
-    principal = _principal(user_id)
+    # the session behind the page's cookie, re-checked in the action's own transaction
+    principal = acting_principal(cookie)
     principal.require(catalog.WRITE_SCOPE)
     project = projects.get_project(slug)
     rollout = engine.get_rollout(project.id, uuid.UUID(rollout_id))
@@ -370,7 +376,8 @@ async def act_on_rollout(
     if operator is None:
         return False
     try:
-        await call(_perform, operator.id, slug, rollout_id, action, text, skip_unavailable)
+        cookie = session_cookie(ui.context.client.request)
+        await call(_perform, cookie, slug, rollout_id, action, text, skip_unavailable)
     except DomainError as exc:
         ui.notify(explain(exc), type="negative", multi_line=True)
         return False
@@ -384,7 +391,7 @@ async def create_rollout(slug: str, request: dict[str, Any]) -> str | None:
     if operator is None:
         return None
     try:
-        return await call(_create, operator.id, slug, request)
+        return await call(_create, session_cookie(ui.context.client.request), slug, request)
     except DomainError as exc:
         ui.notify(explain(exc), type="negative", multi_line=True)
         return None

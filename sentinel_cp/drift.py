@@ -58,7 +58,7 @@ from sentinel_cp.bundles.models import Bundle
 from sentinel_cp.db import UTCDateTime, db, new_id, utcnow
 from sentinel_cp.errors import Conflict, Invalid, NotFound
 from sentinel_cp.nodes import Node, NodeRuntimeConfig
-from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+from sentinel_cp.pagination import Page, decode_position, encode_cursor
 from sentinel_cp.projects import Project, ProjectSettings
 
 KINDS = ("bundle", "config")
@@ -776,7 +776,7 @@ def list_events(
     query = _filtered(project_id, filters)
     total = db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if cursor is not None:
-        at, after = _decode_position(cursor)
+        at, after = decode_position(cursor)
         query = query.where(
             or_(
                 DriftEvent.opened_at < at,
@@ -793,17 +793,6 @@ def list_events(
         last = rows[limit - 1]
         next_cursor = encode_cursor(last.opened_at.isoformat(), str(last.id))
     return Page(rows[:limit], next_cursor, total)
-
-
-def _decode_position(cursor: str) -> tuple[datetime, uuid.UUID]:
-    opened, ident = decode_cursor(cursor, (str, str))
-    try:
-        at = datetime.fromisoformat(opened)
-        if at.tzinfo is None:
-            raise ValueError("naive")
-        return at, uuid.UUID(ident)
-    except ValueError:
-        raise Invalid("Invalid cursor", fields={"cursor": ["not a cursor from this API"]}) from None
 
 
 def drift_stats(project_id: uuid.UUID) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,7 +65,7 @@ from sentinel_cp.audit import Actor
 from sentinel_cp.bundles.models import Bundle
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
 from sentinel_cp.errors import Conflict, Invalid, NotFound
-from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+from sentinel_cp.pagination import Page, decode_cursor, decode_position, encode_cursor
 from sentinel_cp.projects import Project
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ SECRET_PREFIX = "whsec_"
 TIMEOUT_S = 5.0
 CLAIM_LEASE = timedelta(seconds=30)  # longer than the timeout plus the bookkeeping around it
 MAX_ATTEMPTS = 8
+DRIFT_READ_SCOPE = "nodes:read"
 BACKOFF_FIRST_S = 10
 BACKOFF_FACTOR = 3
 BACKOFF_CAP_S = 3600
@@ -173,7 +174,7 @@ class NotificationDelivery(db.Model):  # type: ignore[name-defined]
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, with_payload: bool = True) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
             return value.isoformat() if value else None
 
@@ -188,9 +189,14 @@ class NotificationDelivery(db.Model):  # type: ignore[name-defined]
             "last_error": self.last_error,
             "delivered_at": iso(self.delivered_at),
             "created_at": iso(self.created_at),
-            "payload": self.payload,
+            "payload": self.payload if with_payload else None,
             "attempt_log": list(self.attempt_log or []),
         }
+
+    def payload_visible_to(self, scopes: Collection[str]) -> bool:
+        """A drift event's payload (nodes, bundles, config hashes, comments) is for callers
+        who may read drift (`nodes:read`); rollout events are readable with the list itself."""
+        return not self.event.startswith("drift.") or DRIFT_READ_SCOPE in scopes
 
 
 # --- signing --------------------------------------------------------------------------------
@@ -249,6 +255,11 @@ def normalize_url(url: str) -> str:
         problem = "must not carry a fragment"
     elif any(ord(char) < 33 or ord(char) == 127 for char in value):
         problem = "must not contain spaces or control characters"
+    if problem is None:
+        try:
+            httpx.URL(value)  # what the sender will parse: refuse here what it would refuse
+        except (httpx.InvalidURL, ValueError):
+            problem = "is not a URL an HTTP client can send to (host name or characters)"
     if problem is not None:
         raise Invalid("Invalid URL", fields={"url": [problem]})
     return value
@@ -678,7 +689,9 @@ class HttpSender:
         except httpx.TimeoutException:
             return SendResult(None, f"timed out after {self.timeout_s:g} s", elapsed())
         except httpx.HTTPError as exc:
-            return SendResult(None, f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR], elapsed())
+            return SendResult(
+                None, _printable(f"{exc.__class__.__name__}: {exc}")[:MAX_ERROR], elapsed()
+            )
         if 200 <= status < 300:
             return SendResult(status, None, elapsed())
         error = f"HTTP {status}"
@@ -695,7 +708,13 @@ def _excerpt(response: httpx.Response) -> str:
         read += chunk
         if len(read) >= MAX_EXCERPT:
             break
-    return read[:MAX_EXCERPT].decode("utf-8", "replace").strip()
+    return _printable(read[:MAX_EXCERPT].decode("utf-8", "replace")).strip()
+
+
+def _printable(text: str) -> str:
+    """Control characters (NUL above all: PostgreSQL refuses it in text and JSONB) shown as
+    U+FFFD, so a receiver's binary answer can always be stored."""
+    return "".join(c if c >= " " or c in "\t\n" else "\ufffd" for c in text)
 
 
 def retry_delay(attempt: int, rand: Callable[[], float] = random.random) -> timedelta:
@@ -713,6 +732,7 @@ def _claim(delivery_id: uuid.UUID, now: datetime) -> int | None:
         .where(
             D.id == delivery_id,
             D.state == "pending",
+            D.attempts < MAX_ATTEMPTS,
             D.next_attempt_at <= now,
             or_(D.claimed_until.is_(None), D.claimed_until <= now),
         )
@@ -763,7 +783,13 @@ def deliver(
             "X-Sentinel-Timestamp": str(timestamp),
             "X-Sentinel-Signature": sign(secret, timestamp, body),
         }
-        result, final = (sender or HttpSender())(url, body, headers), False
+        try:
+            result, final = (sender or HttpSender())(url, body, headers), False
+        except Exception as exc:  # an attempt always ends with a recorded outcome
+            result, final = (
+                SendResult(None, f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR], 0),
+                False,
+            )
     state = _record(delivery_id, attempt, result, now, final=final, rand=rand)
     db.session.commit()
     return state
@@ -881,7 +907,7 @@ def list_deliveries(
         where.append(D.event == event)
     total = db.session.scalar(select(func.count()).select_from(D).where(*where)) or 0
     if cursor is not None:
-        at, after = _decode_position(cursor)
+        at, after = decode_position(cursor)
         where.append(or_(D.created_at < at, and_(D.created_at == at, D.id < after)))
     rows = list(
         db.session.scalars(
@@ -893,14 +919,3 @@ def list_deliveries(
         last = rows[limit - 1]
         next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
     return Page(rows[:limit], next_cursor, total)
-
-
-def _decode_position(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created, ident = decode_cursor(cursor, (str, str))
-    try:
-        at = datetime.fromisoformat(created)
-        if at.tzinfo is None:
-            raise ValueError("naive")
-        return at, uuid.UUID(ident)
-    except ValueError:
-        raise Invalid("Invalid cursor", fields={"cursor": ["not a cursor from this API"]}) from None

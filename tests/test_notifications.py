@@ -8,6 +8,7 @@ Retries are driven with an injected clock (`deliver(..., now=...)`); the receive
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -57,6 +58,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     hold: threading.Event | None = None
+    answer: bytes | None = None  # the body of a non-2xx answer (default: a short text)
 
     def events(self) -> list[str]:
         return [request.json["event"] for request in self.received]
@@ -76,7 +78,7 @@ def receiver() -> Iterator[Receiver]:
             self.send_response(status)
             if 300 <= status < 400:
                 self.send_header("Location", fake.url + "/elsewhere")
-            answer = b"ok" if status < 300 else b"receiver says no"
+            answer = b"ok" if status < 300 else (fake.answer or b"receiver says no")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             self.wfile.write(answer)
@@ -762,3 +764,73 @@ def test_readers_may_list_but_only_admins_manage(
             assert response.status_code == 403
             assert response.get_json()["required"] == "projects:admin"
     assert [e.action for e in audit_rows(app)] == ["notification_endpoint.created"]
+
+
+# --- what the review of the first version found ------------------------------------------------
+
+
+def test_a_binary_error_body_is_stored_readably_and_retried(
+    client: Any, app: Any, key: str, receiver: Receiver
+) -> None:
+    """NUL in a receiver's answer used to fail the outcome's UPDATE on PostgreSQL, leaving the
+    delivery pending and re-sent forever."""
+    receiver.statuses, receiver.answer = [500], b"bad\x00\x01body"
+    endpoint = add_endpoint(client, key, receiver.url)
+    delivery_id = ping(client, key, endpoint["id"])
+    assert deliver(app, delivery_id, row(app, delivery_id).created_at) == "pending"
+    stored = row(app, delivery_id)
+    assert stored.last_error == "HTTP 500: bad\ufffd\ufffdbody"
+    assert stored.next_attempt_at is not None
+
+
+def test_a_sender_that_raises_still_records_a_failed_attempt(
+    client: Any, app: Any, key: str, receiver: Receiver
+) -> None:
+    endpoint = add_endpoint(client, key, receiver.url)
+    delivery_id = ping(client, key, endpoint["id"])
+
+    def broken(url: str, body: bytes, headers: Any) -> Any:
+        raise RuntimeError("no such host")
+
+    at = row(app, delivery_id).created_at
+    assert deliver(app, delivery_id, at, sender=broken) == "pending"
+    stored = row(app, delivery_id)
+    assert (stored.attempts, stored.last_error) == (1, "RuntimeError: no such host")
+    assert stored.claimed_until is None
+
+
+def test_a_url_the_http_client_cannot_send_to_is_refused_at_creation(client: Any, key: str) -> None:
+    response = client.post(
+        BASE, json={"name": "odd", "url": "http://a\u200d.com/"}, headers=bearer(key)
+    )
+    assert response.status_code == 422 and "url" in response.get_json()["fields"]
+
+
+def test_drift_payloads_need_the_drift_read_scope(
+    client: Any, app: Any, key: str, receiver: Receiver
+) -> None:
+    endpoint = add_endpoint(client, key, receiver.url)
+    with app.app_context():
+        found = db.session.get(notifications.NotificationEndpoint, uuid.UUID(endpoint["id"]))
+        assert found is not None
+        project_id = found.project_id
+        notifications.notify(project_id, "drift.opened", {"node_name": "edge-1"})
+        db.session.commit()
+    make_user(app, "watcher@example.com", "reader")
+    rollouts_only = make_key(app, "watcher@example.com", ["rollouts:read"])
+    hidden = deliveries(client, rollouts_only, endpoint["id"])["items"]
+    shown = deliveries(client, key, endpoint["id"])["items"]
+    assert [(d["event"], d["payload"]) for d in hidden] == [("drift.opened", None)]
+    assert shown[0]["payload"]["data"]["node_name"] == "edge-1"
+
+
+def test_a_deliveries_cursor_out_of_range_is_422(client: Any, key: str, receiver: Receiver) -> None:
+    endpoint = add_endpoint(client, key, receiver.url)
+    # ["0001-01-01T00:00:00+01:00", <uuid>]: well formed, but before year 1 in UTC
+    cursor = base64.urlsafe_b64encode(
+        json.dumps(["0001-01-01T00:00:00+01:00", str(uuid.UUID(int=1))]).encode()
+    ).decode()
+    response = client.get(
+        f"{BASE}/{endpoint['id']}/deliveries", query_string={"cursor": cursor}, headers=bearer(key)
+    )
+    assert response.status_code == 422

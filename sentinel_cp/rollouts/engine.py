@@ -752,9 +752,7 @@ def rollback(
         for node_id, holder in _busy_nodes(rollout.project_id).items()
         if holder != rollout.id
     }
-    taken = sorted(
-        {str(held[row.node_id]) for row in _deliveries(rollout.id).values() if row.node_id in held}
-    )
+    taken = sorted({str(held[row.node_id]) for row in _returnable(rollout) if row.node_id in held})
     if taken:
         raise Conflict(
             f"Its nodes are now part of rollout {', '.join(taken)}; finish or cancel that first",
@@ -773,15 +771,20 @@ def rollback(
     return rollout
 
 
+def _returnable(rollout: Rollout) -> list[NodeBundleStatus]:
+    """The deliveries a rollback returns: nodes that got (part of) the rollout's bundle."""
+    return [
+        row
+        for row in _deliveries(rollout.id).values()
+        if row.state not in ("pending", "skipped") and row.bundle_id == rollout.bundle_id
+    ]
+
+
 def _create_rollback(actor: Actor, original: Rollout, now: datetime) -> Rollout:
     """The linked all-at-once rollback rollout (started at once, no bake)."""
     from sentinel_cp.nodes import Node
 
-    deliveries = [
-        row
-        for row in _deliveries(original.id).values()
-        if row.state not in ("pending", "skipped") and row.bundle_id == original.bundle_id
-    ]
+    deliveries = _returnable(original)
     targets: dict[str, str] = {}
     unassigned: list[str] = []
     for row in sorted(deliveries, key=lambda r: str(r.node_id)):
