@@ -30,12 +30,12 @@ from starlette.responses import RedirectResponse
 
 from console import live
 from console.context import call, flask_app
-from console.frame import frame, page_context
+from console.frame import explain, frame, no_projects, page_context
 from console.session import Operator, acting_principal, current_operator, session_cookie
 from sentinel_cp import projects
 from sentinel_cp.bundles import catalog, compiler, distribution, sbom, sources
 from sentinel_cp.bundles.models import STATUSES, Bundle
-from sentinel_cp.errors import DomainError, Forbidden, Invalid, NotFound, Unauthorized
+from sentinel_cp.errors import DomainError, Invalid, NotFound, Unauthorized
 
 READ, WRITE = "bundles:read", "bundles:write"  # the API's scopes for the same actions
 PAGE_SIZE = 25
@@ -96,16 +96,6 @@ CSS = """
 # --- shared: formatting, errors, live refresh -----------------------------------------------
 
 
-def explain(exc: DomainError) -> str:
-    """A domain error as one sentence for a notification (fields named, never a traceback)."""
-    if isinstance(exc, Invalid) and exc.fields:
-        problems = "; ".join(f"{name}: {', '.join(msgs)}" for name, msgs in exc.fields.items())
-        return f"{exc.message} — {problems}"
-    if isinstance(exc, Forbidden):
-        return f"Not allowed: {exc.message}"
-    return exc.message
-
-
 def refuse(exc: DomainError) -> None:
     """Show a domain refusal; an ended session also goes back to the login page."""
     ui.notify(explain(exc), type="negative", multi_line=True)
@@ -140,12 +130,6 @@ def _label(bundle: Bundle) -> str:
 def _login_redirect(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='')}")
-
-
-def _no_project() -> None:
-    ui.label("There are no projects yet. An admin can create one with POST /api/v1/projects.").mark(
-        "no-projects"
-    )
 
 
 def _fact(name: str, value: str, marker: str, *, mono: bool = False) -> None:
@@ -600,7 +584,7 @@ async def bundles_page(request: Request):
     slug, slugs = await page_context()
     with frame(operator, "Bundles", slug, slugs):
         if slug is None:
-            _no_project()
+            no_projects()
             return None
         view: dict[str, Any] = {"status": None, "cursors": [None], "next_cursor": None}
         data = await call(load_list, slug, None, None)
@@ -929,7 +913,7 @@ async def new_bundle_page(request: Request):
     with frame(operator, "New bundle", slug, slugs):
         ui.link("← All bundles", "/bundles").classes("text-primary").mark("back-to-bundles")
         if slug is None:
-            _no_project()
+            no_projects()
             return None
         if not operator.can(WRITE):
             ui.label(
@@ -1027,7 +1011,7 @@ async def diff_page(request: Request, a: str | None = None, b: str | None = None
     with frame(operator, "Compare bundles", slug, slugs):
         ui.link("← All bundles", "/bundles").classes("text-primary").mark("back-to-bundles")
         if slug is None:
-            _no_project()
+            no_projects()
             return None
         choices = await call(load_choices, slug, [x for x in (a, b) if x])
         if len(choices["options"]) < 2:
@@ -1319,7 +1303,11 @@ class BundleDetail:
 
     async def confirm_revoke(self) -> None:
         version = self.data["bundle"]["version"]
-        with ui.dialog() as dialog, ui.card().classes("w-[32rem] max-w-full"):
+        with (
+            ui.context.client.layout,
+            ui.dialog() as dialog,
+            ui.card().classes("w-[32rem] max-w-full"),
+        ):
             ui.label(f"Revoke bundle {version}?").classes("text-h6")
             ui.label(
                 "No node is offered it from now on, running rollouts of it fail at their next "

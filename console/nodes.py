@@ -25,7 +25,7 @@ from starlette.responses import RedirectResponse
 
 from console import live
 from console.context import call
-from console.frame import frame, page_context
+from console.frame import frame, no_projects, page_context
 from console.session import Operator, acting_principal, current_operator, session_cookie
 from sentinel_cp import nodes, projects
 from sentinel_cp.db import utcnow
@@ -418,7 +418,7 @@ async def nodes_page(request: Request):
     slug, slugs = await page_context()
     with frame(operator, "Nodes", slug, slugs):
         if slug is None:
-            ui.label("There are no projects yet.").mark("no-projects")
+            no_projects()
             return None
         data = await call(load_table, slug, TableQuery())
         table = FleetTable(slug, data)
@@ -706,7 +706,7 @@ class NodeDetail:
 
     async def edit_labels(self) -> None:
         current = "\n".join(f"{k}={v}" for k, v in sorted(self.data["node"]["labels"].items()))
-        with ui.dialog() as dialog, ui.card().classes("min-w-[24rem]"):
+        with ui.context.client.layout, ui.dialog() as dialog, ui.card().classes("min-w-[24rem]"):
             ui.label(f"Labels of {self.data['node']['name']}").classes("text-h6")
             editor = (
                 ui.textarea("One key=value per line", value=current)
@@ -733,7 +733,7 @@ class NodeDetail:
 
     async def confirm_revoke(self) -> None:
         name = self.data["node"]["name"]
-        with ui.dialog() as dialog, ui.card().classes("max-w-md"):
+        with ui.context.client.layout, ui.dialog() as dialog, ui.card().classes("max-w-md"):
             ui.label(f"Revoke the key of {name}?").classes("text-h6")
             ui.label(
                 "Its key and every token stop working at once. The node keeps its name, labels "
