@@ -18,7 +18,7 @@ from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
 
 bp = Blueprint("drift", __name__, url_prefix="/api/v1/projects/<slug>")
-READ, WRITE = "nodes:read", "nodes:write"
+READ, WRITE = drift.READ_SCOPE, drift.RESOLVE_SCOPE
 
 Status = Literal[drift.STATUSES]  # type: ignore[valid-type]
 Severity = Literal[drift.SEVERITIES]  # type: ignore[valid-type]

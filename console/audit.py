@@ -7,8 +7,7 @@ project creation and deletion). The verdict comes from `audit.verify_chain`, the
 changes, on "Verify now", and at most every `VERIFY_EVERY_S` while entries keep arriving.
 
 This module also holds what the drift and settings pages share with it: paging a
-keyset-paginated domain list (`CursorPager`) and how a domain refusal reads in a notification
-(`explain`).
+keyset-paginated domain list (`CursorPager`).
 """
 
 from __future__ import annotations
@@ -30,11 +29,11 @@ from starlette.responses import RedirectResponse
 
 from console import live
 from console.context import call
-from console.frame import frame, page_context
+from console.frame import frame, no_projects, page_context
 from console.session import acting_principal, current_operator, session_cookie
 from sentinel_cp import audit, projects
 from sentinel_cp.db import db
-from sentinel_cp.errors import DomainError, Forbidden, Invalid
+from sentinel_cp.errors import Invalid
 from sentinel_cp.pagination import encode_cursor
 
 PAGE_SIZE = 25
@@ -49,16 +48,6 @@ CHAINS = {"project": "This project", "global": "Global (users, API keys, session
 
 
 # --- shared with the drift and settings pages -------------------------------------------------
-
-
-def explain(exc: DomainError) -> str:
-    """A domain error as one sentence for a notification (fields named, never a traceback)."""
-    if isinstance(exc, Invalid) and exc.fields:
-        problems = "; ".join(f"{name}: {', '.join(msgs)}" for name, msgs in exc.fields.items())
-        return f"{exc.message} — {problems}"
-    if isinstance(exc, Forbidden):
-        return f"Not allowed: {exc.message}"
-    return exc.message
 
 
 class CursorPager:
@@ -547,9 +536,7 @@ async def audit_page(request: Request):
     slug, slugs = await page_context()
     with frame(operator, "Audit log", slug, slugs):
         if slug is None:
-            ui.label(
-                "There are no projects yet. An admin can create one with POST /api/v1/projects."
-            ).mark("no-projects")
+            no_projects()
             return None
         cookie = session_cookie(request)
         verdict = await call(verify_chain, cookie, slug, "project")

@@ -13,11 +13,10 @@ from starlette.responses import RedirectResponse
 
 from console import live
 from console.context import call
-from console.frame import frame, page_context
+from console.frame import frame, no_projects, page_context
 from console.session import current_operator
 from sentinel_cp import audit, drift, nodes, projects
 from sentinel_cp.bundles import catalog
-from sentinel_cp.errors import NotFound
 from sentinel_cp.rollouts import engine
 
 RECENT = 10
@@ -32,18 +31,13 @@ STATE_COLOURS = {
 }
 
 
-def _version(project_id: Any, bundle_id: str | None, versions: dict[str, str]) -> str:
+def _label(bundle_id: str | None, versions: dict[str, str]) -> str:
     if bundle_id is None or bundle_id == "none":
         return "none"
-    if bundle_id not in versions:
-        try:
-            versions[bundle_id] = catalog.get_bundle(project_id, bundle_id).version
-        except NotFound:
-            versions[bundle_id] = bundle_id[:12]
-    return versions[bundle_id]
+    return versions.get(bundle_id, bundle_id[:12])
 
 
-def _rollouts(project_id: Any, versions: dict[str, str]) -> list[dict[str, Any]]:
+def _rollouts(project_id: Any) -> list[dict[str, Any]]:
     """Rollouts under way, then the latest failed one (if any), with their progress."""
     shown: list[dict[str, Any]] = []
     for state in (*ACTIVE_ROLLOUT_STATES, "failed"):
@@ -59,7 +53,7 @@ def _rollouts(project_id: Any, versions: dict[str, str]) -> list[dict[str, Any]]
                     "id": body["id"],
                     "state": body["state"],
                     "strategy": body["strategy"],
-                    "version": _version(project_id, body["bundle_id"], versions),
+                    "bundle_id": body["bundle_id"],
                     "verified": progress["verified"],
                     "failed": progress["failed"],
                     "total": progress["total"],
@@ -73,10 +67,15 @@ def _overview(slug: str) -> dict[str, Any]:
     project = projects.get_project(slug)
     page = audit.list_entries(project.id, audit.AuditFilter(), limit=RECENT, cursor=None)
     stats = nodes.node_stats(project.id)
-    versions: dict[str, str] = {}
+    rollouts = _rollouts(project.id)
+    versions = nodes.bundle_versions(
+        project.id, [*stats["by_active_bundle"], *(r["bundle_id"] for r in rollouts)]
+    )
+    for rollout in rollouts:
+        rollout["version"] = _label(rollout["bundle_id"], versions)
     by_bundle = sorted(
         (
-            {"version": _version(project.id, bundle, versions), "nodes": count}
+            {"version": _label(bundle, versions), "nodes": count}
             for bundle, count in stats["by_active_bundle"].items()
         ),
         key=lambda row: -int(row["nodes"]),
@@ -89,7 +88,7 @@ def _overview(slug: str) -> dict[str, Any]:
         "project": project.to_dict(),
         "nodes": stats,
         "by_bundle": by_bundle,
-        "rollouts": _rollouts(project.id, versions),
+        "rollouts": rollouts,
         "failed_bundles": [
             {"id": b.id, "version": b.version, "errors": len(b.errors or [])}
             for b in failed_bundles.items
@@ -126,9 +125,7 @@ async def dashboard_page(request: Request):
     slug, slugs = await page_context()
     with frame(operator, "Dashboard", slug, slugs):
         if slug is None:
-            ui.label(
-                "There are no projects yet. An admin can create one with POST /api/v1/projects."
-            ).mark("no-projects")
+            no_projects()
             return None
         data = await call(_overview, slug)
         settings = data["project"]["settings"]

@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
 from console import live
-from console.audit import CursorPager, explain, when
+from console.audit import CursorPager, when
 from console.context import call
-from console.frame import frame, page_context
+from console.frame import explain, frame, no_projects, page_context
 from console.session import Operator, acting_principal, current_operator, session_cookie
 from sentinel_cp import drift, nodes, projects
 from sentinel_cp.db import utcnow
@@ -34,7 +34,7 @@ from sentinel_cp.errors import DomainError, Invalid, NotFound
 # Reading drift is a node read and resolving it a node write, as the REST routes declare. These
 # belong beside `drift.resolve` (sentinel_cp/drift.py was being changed elsewhere when this page
 # was written), like `catalog.WRITE_SCOPE` for rollouts.
-READ_SCOPE, RESOLVE_SCOPE = "nodes:read", "nodes:write"
+READ_SCOPE, RESOLVE_SCOPE = drift.READ_SCOPE, drift.RESOLVE_SCOPE
 PAGE_SIZE = 25
 SEVERITY_COLOURS = {
     "low": "blue-grey-5",
@@ -434,9 +434,7 @@ async def drift_page(request: Request):
     slug, slugs = await page_context()
     with frame(operator, "Drift", slug, slugs):
         if slug is None:
-            ui.label(
-                "There are no projects yet. An admin can create one with POST /api/v1/projects."
-            ).mark("no-projects")
+            no_projects()
             return None
         cookie = session_cookie(request)
         data = await call(load_drift, cookie, slug, DriftQuery(), None)

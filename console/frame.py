@@ -16,6 +16,7 @@ from nicegui import app, ui
 from console.context import call, flask_app
 from console.session import Operator, operator_from_cookie
 from sentinel_cp import projects
+from sentinel_cp.errors import DomainError, Forbidden, Invalid
 
 SESSION_CHECK_S = 30
 NAVIGATION = (
@@ -103,3 +104,20 @@ async def page_context() -> tuple[str | None, list[str]]:
     if chosen in slugs:
         return str(chosen), slugs
     return (slugs[0] if slugs else None), slugs
+
+
+def no_projects() -> None:
+    """What a page shows when there is no project to show it for."""
+    ui.label("There are no projects yet. An admin can create one with POST /api/v1/projects.").mark(
+        "no-projects"
+    )
+
+
+def explain(exc: DomainError) -> str:
+    """A domain error as one sentence for a notification (fields named, never a traceback)."""
+    if isinstance(exc, Invalid) and exc.fields:
+        problems = "; ".join(f"{name}: {', '.join(msgs)}" for name, msgs in exc.fields.items())
+        return f"{exc.message} — {problems}"
+    if isinstance(exc, Forbidden):
+        return f"Not allowed: {exc.message}"
+    return exc.message

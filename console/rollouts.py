@@ -25,7 +25,7 @@ from starlette.responses import RedirectResponse
 
 from console import live
 from console.context import call
-from console.frame import frame, page_context
+from console.frame import explain, frame, no_projects, page_context
 from console.session import Operator, acting_principal, current_operator, session_cookie
 from sentinel_cp import accounts, nodes, projects
 from sentinel_cp.bundles import catalog as bundles
@@ -176,16 +176,6 @@ def short(rollout_id: str) -> str:
     return rollout_id[:8]
 
 
-def explain(exc: DomainError) -> str:
-    """A domain error as one sentence for a notification (fields named, never a traceback)."""
-    if isinstance(exc, Invalid) and exc.fields:
-        problems = "; ".join(f"{name}: {', '.join(msgs)}" for name, msgs in exc.fields.items())
-        return f"{exc.message} — {problems}"
-    if isinstance(exc, Forbidden):
-        return f"Not allowed: {exc.message}"
-    return exc.message
-
-
 def _principal(user_id: str) -> accounts.Principal:
     """The operator as the API sees a logged-in user (same scopes, same audit actor)."""
     user = db.session.get(accounts.User, uuid.UUID(user_id))
@@ -208,12 +198,6 @@ async def _page_start(request: Request) -> tuple[Operator, Any] | None:
     if operator is None:
         return None
     return operator, await page_context()
-
-
-def _no_project() -> None:
-    ui.label("There are no projects yet. An admin can create one with POST /api/v1/projects.").mark(
-        "no-projects"
-    )
 
 
 def _state_badge(state: str) -> ui.badge:
@@ -418,7 +402,7 @@ async def rollouts_page(request: Request):
     operator, (slug, slugs) = started
     with frame(operator, "Rollouts", slug, slugs):
         if slug is None:
-            _no_project()
+            no_projects()
             return None
         view: dict[str, Any] = {"state": None, "cursors": [None]}
         data = await call(_list_page, slug, None, None)
@@ -854,7 +838,7 @@ async def new_rollout_page(request: Request, template: str | None = None):
     operator, (slug, slugs) = started
     with frame(operator, "New rollout", slug, slugs):
         if slug is None:
-            _no_project()
+            no_projects()
             return None
         options = await call(_form_options, slug)
         may_create = operator.can(catalog.WRITE_SCOPE)
@@ -1030,7 +1014,7 @@ async def rollout_page(request: Request, rollout_id: str):
     operator, (slug, slugs) = started
     with frame(operator, f"Rollout {short(rollout_id)}", slug, slugs):
         if slug is None:
-            _no_project()
+            no_projects()
             return None
         try:
             data = await call(_detail, slug, rollout_id, operator.id)

@@ -26,9 +26,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
 from console import live
-from console.audit import CursorPager, explain, parse_moment, when
+from console.audit import CursorPager, parse_moment, when
 from console.context import call
-from console.frame import frame, page_context
+from console.frame import explain, frame, no_projects, page_context
 from console.nodes import parse_labels
 from console.session import Operator, acting_principal, current_operator, session_cookie
 from sentinel_cp import accounts, nodes, projects
@@ -1405,9 +1405,7 @@ async def settings_page(request: Request):
     slug, slugs = await page_context()
     with frame(operator, "Settings", slug, slugs):
         if slug is None:
-            ui.label(
-                "There are no projects yet. An admin can create one with POST /api/v1/projects."
-            ).mark("no-projects")
+            no_projects()
             return None
         cookie = session_cookie(request)
         data = await call(load_project, cookie, slug)

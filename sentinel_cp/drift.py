@@ -62,6 +62,8 @@ from sentinel_cp.pagination import Page, decode_position, encode_cursor
 from sentinel_cp.projects import Project, ProjectSettings
 
 KINDS = ("bundle", "config")
+READ_SCOPE = "nodes:read"  # drift is part of the fleet: who may read and resolve it
+RESOLVE_SCOPE = "nodes:write"
 STATUSES = ("active", "resolved")
 SEVERITIES = ("low", "medium", "high", "critical")
 RESOLUTIONS = ("auto_resolved", "operator", "remediated")
