@@ -2,10 +2,15 @@
 
 Rows are hash-chained per project (plus one "global" chain for users, API keys and sessions).
 Each row stores its chain, a gap-free sequence number, the previous row's hash and its own
-hash over a canonical JSON of everything it says. Inserts are serialized on the chain head
-row (`UPDATE … RETURNING` takes the row lock on PostgreSQL and the write lock on SQLite), so
-two writers can never fork a chain. `verify_chain` recomputes every hash and reports the first
-row that was edited, or the row after a deleted one.
+hash over a canonical JSON of everything it says. `record` only queues a row on the session;
+the rows are linked when the transaction commits (`_link_pending`, a `before_commit` hook):
+one `UPDATE … RETURNING` per chain takes the chain head's row lock (the write lock on
+SQLite) and the next sequence numbers, so two writers can never fork a chain, and the lock is
+held for the commit's last statements rather than from the first audited change of a request
+to its end — node reports of a 1,000-node rollout used to queue on it. Chains are locked in
+a fixed order, so two transactions writing to two chains cannot deadlock. `verify_chain`
+recomputes every hash and reports the first row that was edited, or the row after a deleted
+one.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, select, update
+from sqlalchemy import Index, Integer, String, event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from sentinel_cp import events
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
@@ -126,23 +131,29 @@ def compute_hash(row: AuditLog) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _advance_head(chain: str) -> tuple[int, str]:
-    """Lock the chain head and take the next sequence number; create the head on first use."""
-    session = db.session
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert(AuditChainHead)
-        .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
-        .on_conflict_do_nothing(index_elements=["chain"])
-    )
-    seq, last_hash = session.execute(
+def _advance_head(session: Session, chain: str, count: int) -> tuple[int, str]:
+    """Lock the chain head and take `count` sequence numbers; returns the first number and
+    the hash it links to. The head is created on first use."""
+    take = (
         update(AuditChainHead)
         .where(AuditChainHead.chain == chain)
-        .values(seq=AuditChainHead.seq + 1)
+        .values(seq=AuditChainHead.seq + count)
         .returning(AuditChainHead.seq, AuditChainHead.last_hash)
-    ).one()
-    return seq, last_hash
+    )
+    taken = session.execute(take).one_or_none()
+    if taken is None:
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(
+            insert(AuditChainHead)
+            .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
+            .on_conflict_do_nothing(index_elements=["chain"])
+        )
+        taken = session.execute(take).one()
+    last_seq, last_hash = taken
+    return last_seq - count + 1, last_hash
+
+
+PENDING_KEY = "audit_pending"
 
 
 def record(
@@ -156,13 +167,13 @@ def record(
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> AuditLog:
-    """Append one audit row in the caller's transaction (the caller commits)."""
-    chain = chain_key(project_id)
-    seq, prev_hash = _advance_head(chain)
+    """Queue one audit row in the caller's transaction; it is chained and written when the
+    caller commits, and dropped with the (sub)transaction if that rolls back. The returned row
+    has its id but no sequence number or hashes until then."""
+    session = db.session()
     row = AuditLog(
         id=new_id(),
-        chain=chain,
-        seq=seq,
+        chain=chain_key(project_id),
         project_id=project_id,
         created_at=now or utcnow(),
         actor_type=actor.type,
@@ -173,15 +184,62 @@ def record(
         resource_id=str(resource_id) if resource_id is not None else None,
         changes=_jsonable(changes or {}),
         meta=_jsonable(metadata or {}),
-        prev_hash=prev_hash,
     )
-    row.entry_hash = compute_hash(row)
-    db.session.add(row)
-    db.session.execute(
-        update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=row.entry_hash)
-    )
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:  # nothing ran yet: begin, so the row has a transaction to end with
+        session.connection()
+        transaction = session.get_transaction()
+    session.info.setdefault(PENDING_KEY, []).append((transaction, row))
     events.publish_after_commit(project_id, "audit", row.id, action)
     return row
+
+
+@event.listens_for(Session, "before_commit")
+def _link_pending(session: Session) -> None:
+    """Chain and add the rows queued by `record`, chains in a fixed order."""
+    if session.get_nested_transaction() is not None:
+        return  # releasing a savepoint: the rows wait for the outer commit
+    pending = session.info.pop(PENDING_KEY, None)
+    if not pending:
+        return
+    by_chain: dict[str, list[AuditLog]] = {}
+    for _transaction, row in pending:
+        by_chain.setdefault(row.chain, []).append(row)
+    for chain in sorted(by_chain):
+        rows = by_chain[chain]
+        seq, prev_hash = _advance_head(session, chain, len(rows))
+        for row in rows:
+            row.seq, row.prev_hash = seq, prev_hash
+            row.entry_hash = prev_hash = compute_hash(row)
+            seq += 1
+        session.add_all(rows)
+        session.execute(
+            update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=prev_hash)
+        )
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    """Forget the rows queued inside a savepoint that rolled back."""
+    pending = session.info.get(PENDING_KEY)
+    if not pending or previous_transaction.parent is None:
+        return  # the root's end is `_forget_pending`'s
+
+    def inside(transaction: SessionTransaction | None) -> bool:
+        while transaction is not None:
+            if transaction is previous_transaction:
+                return True
+            transaction = transaction.parent
+        return False
+
+    session.info[PENDING_KEY] = [entry for entry in pending if not inside(entry[0])]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
+    """A root transaction that ended without `_link_pending` (rollback, close) wrote nothing."""
+    if transaction.parent is None:
+        session.info.pop(PENDING_KEY, None)
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

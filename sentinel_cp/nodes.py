@@ -70,8 +70,10 @@ class Node(db.Model):  # type: ignore[name-defined]
     __tablename__ = "nodes"
     __table_args__ = (
         UniqueConstraint("project_id", "name", name="uq_nodes_project_id_name"),
+        # No index may cover a column a heartbeat writes (last_seen_at, health, metrics…): a
+        # steady-state heartbeat is then a HOT update on PostgreSQL, touching no index. The
+        # staleness sweep reads (project_id, status) and filters last_seen_at in the table.
         Index("ix_nodes_project_status", "project_id", "status"),
-        Index("ix_nodes_status_last_seen", "status", "last_seen_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)

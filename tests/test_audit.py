@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import bearer, make_key, make_user
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, select, text
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 ADMIN = "admin@example.com"
@@ -465,14 +465,10 @@ def test_rolled_back_update_leaves_no_audit_row_and_no_head_advance(app: Any) ->
         assert before is not None and before[0] == 5
         row = projects.get_project("alpha")
         projects.update_project(Actor.system("test"), row, name="Renamed")
-        assert (
-            db.session.scalar(
-                select(func.count())
-                .select_from(audit.AuditLog)
-                .where(audit.AuditLog.action == "project.updated")
-            )
-            == 1
-        )  # visible inside the transaction
+        db.session.flush()
+        # Queued on the session, linked only at commit: the head is not locked yet.
+        assert [r.action for _, r in db.session.info[audit.PENDING_KEY]] == ["project.updated"]
+        assert _head(project["id"]) == before
         db.session.rollback()
     with app.app_context():
         assert (
@@ -972,3 +968,55 @@ def test_global_export_is_an_attachment(app: Any, client: Any) -> None:
     assert response.headers["Content-Disposition"] == 'attachment; filename="audit-global.csv"'
     rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
     assert len(rows) >= 3  # header, user.created, api_key.created
+
+
+def test_rows_queued_in_a_rolled_back_savepoint_are_dropped_the_rest_commit_in_order(
+    app: Any,
+) -> None:
+    from sentinel_cp import audit
+    from sentinel_cp.audit import Actor
+    from sentinel_cp.db import db
+
+    project = seed_project(app)
+    pid = uuid.UUID(project["id"])
+    with app.app_context():
+        audit.record(Actor.system("t"), "kept.first", resource_type="x", project_id=pid)
+        try:
+            with db.session.begin_nested():
+                audit.record(Actor.system("t"), "dropped", resource_type="x", project_id=pid)
+                raise RuntimeError("roll the savepoint back")
+        except RuntimeError:
+            pass
+        with db.session.begin_nested():
+            audit.record(Actor.system("t"), "kept.savepoint", resource_type="x", project_id=pid)
+        audit.record(Actor.system("t"), "kept.global", resource_type="x")
+        audit.record(Actor.system("t"), "kept.last", resource_type="x", project_id=pid)
+        db.session.commit()
+    rows = chain_rows(app, project["id"])
+    assert [(r["seq"], r["action"]) for r in rows[-3:]] == [
+        (6, "kept.first"),
+        (7, "kept.savepoint"),
+        (8, "kept.last"),
+    ]
+    with app.app_context():
+        assert audit.verify_chain(pid).valid
+        assert audit.verify_chain(None).valid
+        global_actions = db.session.scalars(
+            select(audit.AuditLog.action).where(audit.AuditLog.chain == audit.GLOBAL_CHAIN)
+        ).all()
+        assert "kept.global" in global_actions and "dropped" not in global_actions
+        assert audit.PENDING_KEY not in db.session.info
+
+
+def test_a_closed_session_forgets_what_it_queued(app: Any) -> None:
+    from sentinel_cp import audit
+    from sentinel_cp.audit import Actor
+    from sentinel_cp.db import db
+
+    with app.app_context():
+        audit.record(Actor.system("t"), "never.committed", resource_type="x")
+        db.session.close()
+        audit.record(Actor.system("t"), "committed", resource_type="x")
+        db.session.commit()
+        actions = db.session.scalars(select(audit.AuditLog.action)).all()
+    assert actions == ["committed"]
