@@ -7,7 +7,8 @@ asks for a compile job. `compile_bundle` runs in that job in three short transac
 open, then finish, guarded by the attempt number so that of two workers racing on one bundle
 exactly one records the outcome. A bundle left in `compiling` by a dead worker is found by
 `recover_stuck_compiles` (cron) and compiled again; the archive is deterministic and storage
-writes are idempotent, so a repeat produces the same bytes and the same id.
+writes are idempotent, so a repeat produces the same bytes and the same id. After MAX_ATTEMPTS
+claims that all died it fails (`compile_abandoned`) instead of killing workers forever.
 """
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ def compile_bundle(
     """Run the pipeline for one bundle; returns its final status, or None when there was
     nothing to do (unknown, already finished, or another worker holds a fresh claim)."""
     claim = _claim(bundle_id, now=now)
-    if claim is None:
-        return None
+    if not isinstance(claim, _Claim):
+        return claim  # nothing to do, or "failed": every allowed attempt died
     result = validate_bundle(claim.files, binary=binary)
     if not result.valid:
         return _finish_failed(claim, result, now=now)
@@ -187,12 +188,23 @@ def compile_bundle(
     return _finish_compiled(claim, result, signature=signature, kid=kid, now=now)
 
 
-def _claim(bundle_id: str, *, now: datetime | None) -> _Claim | None:
+def _claim(bundle_id: str, *, now: datetime | None) -> _Claim | str | None:
+    """Take the bundle for one attempt (committed), or None when it is not ours to take; the
+    outcome string when the bundle ran out of attempts and was failed instead."""
     now = now or utcnow()
     stale = now - COMPILE_TIMEOUT
     bundle = db.session.get(Bundle, bundle_id, populate_existing=True)
     if bundle is None or bundle.status not in ("pending", "compiling"):
         return None
+    if (
+        bundle.status == "compiling"
+        and bundle.compile_attempts >= MAX_ATTEMPTS
+        and bundle.compile_started_at is not None
+        and bundle.compile_started_at <= stale
+    ):
+        # Every attempt died before recording an outcome (a bundle that kills its worker):
+        # fail it rather than kill a worker every COMPILE_TIMEOUT forever.
+        return _abandon(bundle, now)
     attempt = bundle.compile_attempts + 1
     claimed = db.session.execute(
         update(Bundle)
@@ -213,6 +225,18 @@ def _claim(bundle_id: str, *, now: datetime | None) -> _Claim | None:
     events.publish_after_commit(bundle.project_id, "bundle", bundle_id, "compiling")
     db.session.commit()
     return _Claim(bundle_id, bundle.project_id, attempt, dict(bundle.files), time.perf_counter())
+
+
+def _abandon(bundle: Bundle, now: datetime) -> str | None:
+    """`compiling → failed` for a bundle whose last allowed attempt never finished."""
+    claim = _Claim(bundle.id, bundle.project_id, bundle.compile_attempts, {}, time.perf_counter())
+    message = (
+        f"the compile did not finish in {bundle.compile_attempts} attempts: each worker "
+        f"stopped before recording an outcome (none within {COMPILE_TIMEOUT.seconds} s)"
+    )
+    error = {"severity": "error", "code": "compile_abandoned", "message": message}
+    output = {"last_error": message, "attempt": bundle.compile_attempts}
+    return _record_failed(claim, [error], {"output": output}, now)
 
 
 def _finish(claim: _Claim, values: dict[str, Any]) -> bool:
