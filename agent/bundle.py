@@ -7,10 +7,11 @@ Two steps, in this order, and nothing reads the archive before the first one pas
   `"sentinel-bundle-v1\\n" + project_id + "\\n" + checksum` with a pinned key.
 - `unpack` turns the zstd-compressed tar into a directory of files. Even a signed archive is
   treated as hostile input: decompression runs as a stream against a hard byte budget (a bomb is
-  rejected after `max_total_bytes`, never allocated), the tar is read in stream mode, and only
-  regular files with plain relative names that the manifest lists are written, each created
-  fresh (`O_EXCL | O_NOFOLLOW`) inside a directory this function made. Any rejection removes that
-  directory; nothing outside it is ever touched.
+  rejected after `max_total_bytes`, never allocated), the tar is read in stream mode with
+  `StrictTarInfo` (no sparse members, no negative sizes, extended headers small, well-formed and
+  never more than a few in a row), and only regular files with plain relative names that the
+  manifest lists are written, each created fresh (`O_EXCL | O_NOFOLLOW`) inside a directory this
+  function made. Any rejection removes that directory; nothing outside it is ever touched.
 
 Every refusal is a `BundleRejected` whose `reason` is short and stable enough to report as the
 `failed` status reason ("checksum mismatch", "bad signature", "unsafe path ../x", …).
@@ -48,9 +49,24 @@ DEFAULT_MAX_ENTRIES = 1024
 MAX_WINDOW_BYTES = 32 * 1024 * 1024
 MAX_PATH_LENGTH = 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
+# A pax or GNU long-name header: the control plane writes one `path` record (≤ 300 bytes) and
+# only for a long path. Bounds what tarfile reads into memory for a header it parses itself.
+MAX_EXTENDED_HEADER_BYTES = 16 * 1024
+# Extended headers in front of one member (tarfile reads a chain of them recursively).
+MAX_CHAINED_HEADERS = 8
+# tarfile's pax regexes (Python < 3.11.10, CVE-2024-6232) are quadratic in long digit runs.
+MAX_PAX_DIGIT_RUN = 64
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_EXTENDED_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+_DIGIT_RUN = re.compile(rb"[0-9]{%d}" % (MAX_PAX_DIGIT_RUN + 1))
 _CHUNK = 64 * 1024
 
 
@@ -196,6 +212,84 @@ class _Budget(io.RawIOBase):
         return len(chunk)
 
 
+def pax_records_problem(records: bytes) -> str | None:
+    """Why the records of a pax header are not acceptable (None when they are), in one pass.
+
+    Each record must be `"<length> <keyword>=<value>\\n"` with a true length. GNU sparse
+    records are refused (a sparse member expands holes the stream never carried, and tarfile
+    parses their maps with bare `int()`), as is a `size` that is not a plain decimal.
+    """
+    position = 0
+    while position < len(records):
+        space = records.find(b" ", position, position + 21)
+        digits = records[position:space] if space > position else b""
+        if not (digits.isdigit() and digits.isascii()):
+            return "malformed pax header"
+        end = position + int(digits)
+        equals = records.find(b"=", space + 1, end)
+        if end > len(records) or equals <= space + 1 or records[end - 1 : end] != b"\n":
+            return "malformed pax header"
+        keyword, value = records[space + 1 : equals], records[equals + 1 : end - 1]
+        if keyword.startswith(b"GNU.sparse."):
+            return "sparse entries are not accepted"
+        if keyword == b"size" and not (value.isdigit() and value.isascii()):
+            return "malformed pax header"
+        position = end
+    if _DIGIT_RUN.search(records) is not None:
+        return "malformed pax header"
+    return None
+
+
+class _CheckedRead:
+    """Stands in for the archive stream for exactly one read: the pax header's records, which
+    are checked before tarfile's own parser sees them. Puts the real stream back at once."""
+
+    def __init__(self, archive: tarfile.TarFile, size: int) -> None:
+        self.archive = archive
+        self.inner = archive.fileobj
+        self.size = size
+
+    def read(self, length: int) -> bytes:
+        self.archive.fileobj = self.inner
+        data = self.inner.read(length)
+        problem = pax_records_problem(data[: self.size])
+        if problem is not None:
+            raise BundleRejected(problem)
+        return data
+
+
+class StrictTarInfo(tarfile.TarInfo):
+    """A `TarInfo` that refuses, before tarfile acts on them, the header forms a bundle never
+    holds and tarfile handles badly on hostile input: sparse members, negative sizes, huge or
+    malformed extended headers, and chains of them (which tarfile follows by recursion)."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size < 0:
+            raise BundleRejected("negative entry size")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise BundleRejected("sparse entries are not accepted")
+        if self.type not in _EXTENDED_TYPES:
+            return super()._proc_member(archive)  # type: ignore[misc]
+        if self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise BundleRejected(f"extended header larger than {MAX_EXTENDED_HEADER_BYTES} bytes")
+        depth = getattr(archive, "_sentinel_header_depth", 0)
+        if depth >= MAX_CHAINED_HEADERS:
+            raise BundleRejected(f"more than {MAX_CHAINED_HEADERS} extended headers in a row")
+        archive._sentinel_header_depth = depth + 1  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(archive)  # type: ignore[misc]
+        finally:
+            archive._sentinel_header_depth = depth  # type: ignore[attr-defined]
+
+    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        archive.fileobj = _CheckedRead(archive, self.size)  # type: ignore[assignment]
+        try:
+            return super()._proc_pax(archive)  # type: ignore[misc]
+        finally:
+            if isinstance(archive.fileobj, _CheckedRead):
+                archive.fileobj = archive.fileobj.inner
+
+
 def check_entry_name(name: str) -> str:
     """The entry's path if it is a plain relative path, else `BundleRejected("unsafe path …")`."""
     parts = name.split("/")
@@ -217,7 +311,7 @@ def _describe_type(member: tarfile.TarInfo) -> str:
         return "device"
     if member.isfifo():
         return "fifo"
-    return f"type {member.type!r}"
+    return f"type {member.type.decode('latin-1')!r}"  # "type 'Z'", not "type b'Z'"
 
 
 def _write_member(source: IO[bytes], target: Path, size: int) -> str:
@@ -270,7 +364,7 @@ def _unpack_into(
         with decompressor.stream_reader(io.BytesIO(data)) as raw:
             counter = _Budget(raw, max_total_bytes)
             budget = io.BufferedReader(counter, buffer_size=_CHUNK)
-            with tarfile.open(fileobj=budget, mode="r|") as archive:
+            with tarfile.open(fileobj=budget, mode="r|", tarinfo=StrictTarInfo) as archive:
                 for member in archive:
                     entries += 1
                     if entries > max_entries:
@@ -292,13 +386,18 @@ def _unpack_into(
                         if member.size > MAX_MANIFEST_BYTES:
                             raise BundleRejected("manifest too large")
                         manifest_raw = source.read(member.size)
-                        (destination / MANIFEST_NAME).write_bytes(manifest_raw)
+                        _write_member(io.BytesIO(manifest_raw), destination / name, member.size)
                         continue
                     sha = _write_member(source, destination / name, member.size)
                     written[name] = (sha, member.size)
     except BundleRejected:
         raise
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        raise BundleRejected(f"corrupt archive: {_first_line(exc)}") from None
+    except ValueError as exc:
+        # tarfile meets some malformed headers with a bare int() or a negative read length;
+        # StrictTarInfo refuses every such form known, this keeps any other one a refusal
+        # (reported, not retried) rather than an exception that stops the agent's loop.
         raise BundleRejected(f"corrupt archive: {_first_line(exc)}") from None
     except OSError as exc:
         raise BundleRejected(f"cannot unpack: {_first_line(exc)}") from None

@@ -33,7 +33,7 @@ from typing import Any
 
 import zstandard
 
-from sentinel_cp.bundles.sources import ENTRY, path_problems
+from sentinel_cp.bundles.sources import ENTRY, StrictTarInfo, directories_of, path_problems
 from sentinel_cp.errors import Invalid
 
 MEDIA_TYPE = "application/zstd"
@@ -255,7 +255,7 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
 def _tar_files(tar_bytes: bytes, max_entries: int) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:", tarinfo=StrictTarInfo) as tar:
             while (member := tar.next()) is not None:
                 if len(found) >= max_entries:
                     raise _refuse(f"archive has more than {max_entries} entries")
@@ -266,7 +266,7 @@ def _tar_files(tar_bytes: bytes, max_entries: int) -> dict[str, bytes]:
                     raise _refuse(f"{member.name} appears twice", member.name)
                 handle = tar.extractfile(member)
                 found[member.name] = handle.read() if handle is not None else b""
-    except tarfile.TarError as error:
+    except (tarfile.TarError, ValueError) as error:  # ValueError: see sources.files_from_targz
         raise _refuse(f"corrupt tar archive: {error}") from None
     return found
 
@@ -308,11 +308,15 @@ def read_archive(
     """The files ({path: bytes}, without `manifest.json`) of an archive, checked as a node does.
 
     Refuses (with `Invalid`) anything but regular files, absolute or `..` paths, links,
-    devices, more than `max_entries` entries, a tar stream larger than `max_total_bytes`
-    (decompression stops there), and any disagreement with `manifest.json`: a file missing,
-    unlisted, or with another size or sha256.
+    devices, sparse members, malformed or chained extended headers, more than `max_entries`
+    entries, a tar stream larger than `max_total_bytes` (decompression stops there), a path
+    that is both a file and a directory, and any disagreement with `manifest.json`: a file
+    missing, unlisted, or with another size or sha256.
     """
     found = _tar_files(_decompress(data, max_total_bytes), max_entries)
+    clashes = sorted(set(found) & directories_of(found))
+    if clashes:  # no node could write both `a` and `a/b.kdl`
+        raise _refuse(f"{clashes[0]} is both a file and a directory", clashes[0])
     listed = _manifest_entries(found.pop(MANIFEST_PATH, None))
     for path, content in found.items():
         entry = listed.get(path)

@@ -23,7 +23,11 @@ Decisions:
   literally: its author chose the paths.
 - A tarball is read as a stream with a byte budget on the decompressed tar (the source limit
   plus room for headers), so a gzip or tar bomb stops one byte past the budget; members are
-  never extracted to disk.
+  never extracted to disk. Its headers go through `StrictTarInfo`: sparse members, negative
+  sizes, extended headers over 64 KiB, malformed pax records and more than 8 extended headers
+  in a row are refused before `tarfile` acts on them (it crashed, recursed or went quadratic).
+- A path that is also a directory of another path (`a` beside `a/b.kdl`) is refused: no node
+  could write both.
 """
 
 from __future__ import annotations
@@ -45,10 +49,26 @@ if TYPE_CHECKING:
 ENTRY = "sentinel.kdl"
 RESERVED_PATHS = frozenset({"manifest.json"})
 NOT_A_TARBALL = "not a gzip-compressed tar archive"
+NOT_UTF8 = "not UTF-8 text (it holds a lone surrogate)"
 # Room in the decompressed tar stream for each member's header blocks (ustar header, a PAX
 # header and its record, padding), and for the end-of-archive blocks and record padding.
 TAR_OVERHEAD_PER_ENTRY = 2048
 TAR_OVERHEAD_FIXED = 20480
+# A pax or GNU long-name header: tools write a few records (a path, times, a few xattrs), well
+# under this. Bounds what tarfile reads into memory for a header it parses itself.
+MAX_EXTENDED_HEADER_BYTES = 64 * 1024
+# Extended headers in front of one member (tarfile reads a chain of them recursively).
+MAX_CHAINED_HEADERS = 8
+# tarfile's pax regexes (Python < 3.11.10, CVE-2024-6232) are quadratic in long digit runs.
+MAX_PAX_DIGIT_RUN = 64
+_EXTENDED_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+_DIGIT_RUN = re.compile(rb"[0-9]{%d}" % (MAX_PAX_DIGIT_RUN + 1))
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,28 @@ def _entry_first(paths: Iterable[str]) -> list[str]:
     return sorted(paths, key=lambda path: (path != ENTRY, path))
 
 
+def _utf8_size(text: str) -> int | None:
+    """Bytes of `text` in UTF-8; None for a str holding a lone surrogate (which JSON `\\ud800`
+    escapes or a careless caller can produce), which has no UTF-8 form."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
+def directories_of(paths: Iterable[str]) -> set[str]:
+    """Every directory the paths imply: `a/b/c.kdl` gives `a` and `a/b`.
+
+    A path that is also one of them (`a/b` as a file beside `a/b/c.kdl`) can be neither
+    unpacked on a node nor written for the external check, so it is refused up front.
+    """
+    out: set[str] = set()
+    for path in paths:
+        parts = path.split("/")[:-1]
+        out.update("/".join(parts[: index + 1]) for index in range(len(parts)))
+    return out
+
+
 def _checked(files: dict[str, str], limits: SourceLimits) -> dict[str, str]:
     """Apply the limits shared by every input shape; collect every per-path problem."""
     problems: dict[str, list[str]] = {}
@@ -125,9 +167,19 @@ def _checked(files: dict[str, str], limits: SourceLimits) -> dict[str, str]:
             f"Too many files: {len(files)}, at most {limits.max_files} are accepted",
             fields={first_excess: [f"exceeds the limit of {limits.max_files} files"]},
         )
+    clashes = sorted(set(files) & directories_of(files))
+    if clashes:
+        raise Invalid(
+            f"{clashes[0]} is both a file and a directory",
+            fields={path: ["is both a file and a directory"] for path in clashes},
+        )
+    sizes = {path: _utf8_size(text) for path, text in files.items()}
+    not_text = {path: [NOT_UTF8] for path in sorted(files) if sizes[path] is None}
+    if not_text:
+        raise Invalid("File content is not UTF-8 text", fields=not_text)
     total = 0
     for path in _entry_first(files):
-        total += len(files[path].encode("utf-8"))
+        total += sizes[path] or 0
         if total > limits.max_total_bytes:
             raise Invalid(
                 f"Source is larger than {limits.max_total_bytes} bytes in total",
@@ -239,6 +291,92 @@ class _BudgetedReader(io.RawIOBase):
         return len(chunk)
 
 
+def _archive_refused(problem: str) -> Invalid:
+    return Invalid(f"The archive is refused: {problem}", fields={"archive": [problem]})
+
+
+def pax_records_problem(records: bytes) -> str | None:
+    """Why the records of a pax header are not acceptable (None when they are), in one pass.
+
+    Each record must be `"<length> <keyword>=<value>\\n"` with a true length. GNU sparse
+    records are refused (a sparse member expands holes the stream never carried, and tarfile
+    parses their maps with bare `int()`), as is a `size` that is not a plain decimal.
+    """
+    position = 0
+    while position < len(records):
+        space = records.find(b" ", position, position + 21)
+        digits = records[position:space] if space > position else b""
+        if not (digits.isdigit() and digits.isascii()):
+            return "malformed pax header"
+        end = position + int(digits)
+        equals = records.find(b"=", space + 1, end)
+        if end > len(records) or equals <= space + 1 or records[end - 1 : end] != b"\n":
+            return "malformed pax header"
+        keyword, value = records[space + 1 : equals], records[equals + 1 : end - 1]
+        if keyword.startswith(b"GNU.sparse."):
+            return "sparse files are not accepted"
+        if keyword == b"size" and not (value.isdigit() and value.isascii()):
+            return "malformed pax header"
+        position = end
+    if _DIGIT_RUN.search(records) is not None:
+        return "malformed pax header"
+    return None
+
+
+class _CheckedRead:
+    """Stands in for the archive stream for exactly one read: the pax header's records, which
+    are checked before tarfile's own parser sees them. Puts the real stream back at once."""
+
+    def __init__(self, archive: tarfile.TarFile, size: int) -> None:
+        self.archive = archive
+        self.inner = archive.fileobj
+        self.size = size
+
+    def read(self, length: int) -> bytes:
+        self.archive.fileobj = self.inner
+        assert self.inner is not None
+        data: bytes = self.inner.read(length)
+        problem = pax_records_problem(data[: self.size])
+        if problem is not None:
+            raise _archive_refused(problem)
+        return data
+
+
+class StrictTarInfo(tarfile.TarInfo):
+    """A `TarInfo` that refuses, before tarfile acts on them, the header forms a bundle never
+    holds and tarfile handles badly on hostile input: sparse members, negative sizes, huge or
+    malformed extended headers, and chains of them (which tarfile follows by recursion).
+
+    Shared by the `.tar.gz` submission path and `archive.read_archive`.
+    """
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size < 0:
+            raise _archive_refused("negative entry size")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _archive_refused("sparse files are not accepted")
+        if self.type not in _EXTENDED_TYPES:
+            return super()._proc_member(archive)  # type: ignore[misc]
+        if self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise _archive_refused(f"extended header larger than {MAX_EXTENDED_HEADER_BYTES} bytes")
+        depth = getattr(archive, "_sentinel_header_depth", 0)
+        if depth >= MAX_CHAINED_HEADERS:
+            raise _archive_refused(f"more than {MAX_CHAINED_HEADERS} extended headers in a row")
+        archive._sentinel_header_depth = depth + 1  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(archive)  # type: ignore[misc]
+        finally:
+            archive._sentinel_header_depth = depth  # type: ignore[attr-defined]
+
+    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        archive.fileobj = _CheckedRead(archive, self.size)  # type: ignore[assignment]
+        try:
+            return super()._proc_pax(archive)  # type: ignore[misc]
+        finally:
+            if isinstance(archive.fileobj, _CheckedRead):
+                archive.fileobj = archive.fileobj.inner
+
+
 def _member_kind_problem(member: tarfile.TarInfo) -> str | None:
     if member.issym() or member.islnk():
         return "links are not accepted"
@@ -262,7 +400,9 @@ def files_from_targz(data: bytes, limits: SourceLimits = DEFAULT_LIMITS) -> dict
     stream = io.BufferedReader(_BudgetedReader(gz, budget))
     try:
         return _read_tar(stream, limits)
-    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError, OSError):
+    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError):
+        # ValueError: tarfile meets some malformed headers with a bare int(); StrictTarInfo
+        # refuses every such form known, this keeps any other one a 422 rather than a 500.
         raise Invalid(NOT_A_TARBALL, fields={"archive": [NOT_A_TARBALL]}) from None
 
 
@@ -270,7 +410,7 @@ def _read_tar(stream: io.BufferedIOBase, limits: SourceLimits) -> dict[str, str]
     out: dict[str, str] = {}
     entries = 0
     total = 0
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+    with tarfile.open(fileobj=stream, mode="r|", tarinfo=StrictTarInfo) as tar:
         for member in tar:
             entries += 1
             name = member.name

@@ -9,17 +9,24 @@ as the proxy's message ("has already been included") says.
 from __future__ import annotations
 
 import posixpath
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from sentinel_cp.bundles.kdl.diagnostics import (
     STAGE_INCLUDE,
+    STAGE_LIMITS,
     Diagnostic,
     LoadFailure,
     SourceRef,
 )
-from sentinel_cp.bundles.kdl.source import MAX_NODES, SourceNode, parse_document
+from sentinel_cp.bundles.kdl.source import (
+    MAX_NODES,
+    POSITION_BUDGET_SECONDS,
+    SourceNode,
+    parse_document,
+)
 
 INCLUDE_ARGUMENT_MESSAGE = (
     "The 'include' directive requires a string argument (a file path or glob pattern), "
@@ -32,19 +39,75 @@ def normalize_path(path: str) -> str:
     return posixpath.normpath(path.replace("\\", "/")).lstrip("/") if path else path
 
 
-def _match_parts(pattern: list[str], parts: list[str]) -> bool:
-    if not pattern:
-        return not parts
-    head = pattern[0]
-    if head == "**":
-        return any(_match_parts(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatchcase(parts[0], head) and _match_parts(pattern[1:], parts[1:])
+# Work allowed for matching every include glob of one bundle against its paths, in steps (one
+# pattern segment tried against one path segment). A real bundle needs thousands; a crafted one
+# (many includes of long `*/**/*/**` patterns over 255 deep paths) would otherwise take minutes.
+MAX_GLOB_STEPS = 1_000_000
 
 
-def match_glob(pattern: str, paths: list[str]) -> list[str]:
-    """Bundle paths matching a normalized glob (`*` stays within one path segment)."""
-    pattern_parts = pattern.split("/")
-    return sorted(p for p in paths if _match_parts(pattern_parts, p.split("/")))
+class GlobTooComplex(Exception):
+    """Matching the include globs would exceed `MAX_GLOB_STEPS`."""
+
+
+@dataclass
+class GlobBudget:
+    """Steps left for glob matching (shared by every include of one expansion)."""
+
+    left: int = MAX_GLOB_STEPS
+
+    def spend(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise GlobTooComplex
+
+
+def _match_parts(pattern: list[str], parts: list[str], budget: GlobBudget) -> bool:
+    """Whether `parts` matches `pattern`, where `**` stands for any number of segments.
+
+    One pass over the pattern keeping the set of reachable positions in `parts`, so the cost is
+    len(pattern) × len(parts): trying every split for each `**` recursively was exponential
+    (`**/**/**/**/**/**/x` against a 40-segment path took minutes).
+    """
+    reachable = [True] + [False] * len(parts)
+    for head in pattern:
+        budget.spend(len(reachable))
+        if head == "**":
+            seen = False
+            for index, here in enumerate(reachable):
+                seen = seen or here
+                reachable[index] = seen
+        else:
+            reachable = [False] + [
+                reachable[index] and fnmatchcase(part, head) for index, part in enumerate(parts)
+            ]
+        if not any(reachable):
+            return False
+    return reachable[-1]
+
+
+def _pattern_parts(pattern: str) -> list[str]:
+    """The pattern's segments with runs of `**` collapsed (they match the same paths)."""
+    out: list[str] = []
+    for part in pattern.split("/"):
+        if not (part == "**" and out and out[-1] == "**"):
+            out.append(part)
+    return out
+
+
+def match_glob(pattern: str, paths: list[str], budget: GlobBudget | None = None) -> list[str]:
+    """Bundle paths matching a normalized glob (`*` stays within one path segment).
+
+    Raises `GlobTooComplex` when `budget` runs out.
+    """
+    budget = budget if budget is not None else GlobBudget()
+    pattern_parts = _pattern_parts(pattern)
+    budget.spend(len(pattern_parts))
+    fixed = sum(1 for part in pattern_parts if part != "**")
+    return sorted(
+        p
+        for p in paths
+        if fixed <= p.count("/") + 1 and _match_parts(pattern_parts, p.split("/"), budget)
+    )
 
 
 @dataclass
@@ -64,11 +127,16 @@ class _Expander:
         self.paths = sorted(self.files)
         self.visited: list[str] = []
         self.budget = MAX_NODES
+        self.deadline = time.monotonic() + POSITION_BUDGET_SECONDS
+        self.glob_budget = GlobBudget()
+        self.matched: dict[str, list[str]] = {}
         self.result = Expansion([], [])
 
     def expand(self, path: str) -> list[SourceNode]:
         self.visited.append(path)
-        document = parse_document(self.files[path], path, node_budget=self.budget)
+        document = parse_document(
+            self.files[path], path, node_budget=self.budget, deadline=self.deadline
+        )
         self.budget -= document.node_count
         self.result.disagreements.extend(document.disagreements)
         out: list[SourceNode] = []
@@ -99,7 +167,7 @@ class _Expander:
                 )
             )
             return []
-        matches = match_glob(joined, self.paths)
+        matches = self._match(joined, node)
         if not matches:
             self.result.warnings.append(
                 Diagnostic(
@@ -123,6 +191,21 @@ class _Expander:
                 )
             out.extend(self.expand(match))
         return out
+
+    def _match(self, pattern: str, node: SourceNode) -> list[str]:
+        if pattern not in self.matched:
+            try:
+                self.matched[pattern] = match_glob(pattern, self.paths, self.glob_budget)
+            except GlobTooComplex:
+                raise LoadFailure(
+                    "input-too-complex",
+                    f"Include patterns take more than {MAX_GLOB_STEPS} steps to match against "
+                    "the bundle's files",
+                    node.source,
+                    STAGE_LIMITS,
+                    "use fewer include directives, or simpler patterns",
+                ) from None
+        return self.matched[pattern]
 
 
 def expand_includes(files: Mapping[str, str], entry: str) -> Expansion:

@@ -6,6 +6,8 @@ the proxy silently ignores or falls back on.
 
 from __future__ import annotations
 
+import math
+
 from sentinel_cp.bundles.kdl.diagnostics import LoadFailure, SourceRef
 from sentinel_cp.bundles.kdl.model import (
     PRIORITY_LOW,
@@ -32,7 +34,7 @@ from sentinel_cp.bundles.kdl.model import (
     Upstream,
     WafConfig,
 )
-from sentinel_cp.bundles.kdl.reading import Reader, describe, is_int
+from sentinel_cp.bundles.kdl.reading import Reader, describe, is_int, parse_unsigned
 from sentinel_cp.bundles.kdl.source import SourceNode
 
 TOP_LEVEL_BLOCKS = (
@@ -1039,8 +1041,7 @@ class Loader:
                     f"Shadow percentage {describe(value)} in route '{route_id}' is not an "
                     "integer or string; the proxy ignores it and mirrors 100% of requests",
                     pct.source,
-                    f"write percentage {int(value) if isinstance(value, float) else 100} "
-                    "(an integer)",
+                    f"write percentage {_whole(value)} (an integer)",
                 )
         sample = None
         sample_node = node.child("sample-header")
@@ -1959,6 +1960,13 @@ class Loader:
         return exports
 
 
+def _whole(value: object) -> int:
+    """A float percentage as the integer to suggest (100 for anything else, inf and NaN too)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return 100
+
+
 def node_int(node: SourceNode, name: str) -> int | None:
     """Integer first entry of the first `name` child, or None."""
     child = node.child(name)
@@ -1970,7 +1978,7 @@ def _is_socket_address(address: str) -> bool:
     import ipaddress
 
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or parse_unsigned(port, 65535) is None:
         return False
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

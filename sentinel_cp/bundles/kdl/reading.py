@@ -25,6 +25,21 @@ def wrap(value: int, bits: int = 64) -> int:
     return value % (1 << bits)
 
 
+def parse_unsigned(text: str, maximum: int) -> int | None:
+    """`text` as Rust's unsigned-integer parsing reads it (ASCII digits, at most `maximum`).
+
+    The length is checked before `int()`: a 5000-digit number must be a validation error, not
+    Python's integer-string limit, and `int()` alone would also accept digits such as "²".
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):
+        return None
+    value = int(digits)
+    return value if value <= maximum else None
+
+
 def is_int(value: Scalar) -> bool:
     """True for KDL integers (not booleans)."""
     return isinstance(value, int) and not isinstance(value, bool)

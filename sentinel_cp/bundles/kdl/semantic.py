@@ -18,9 +18,12 @@ from sentinel_cp.bundles.kdl.diagnostics import (
     SourceRef,
 )
 from sentinel_cp.bundles.kdl.model import PRIORITY_LOW, ProxyConfig, Route
+from sentinel_cp.bundles.kdl.reading import parse_unsigned
 
 CURRENT_SCHEMA = (1, 0)
-_SCHEMA_RE = re.compile(r"^\+?(\d+)\.\+?(\d+)$")
+# Rust's u32 parsing: an optional '+', ASCII digits only, at most 2**32 - 1.
+_SCHEMA_RE = re.compile(r"\+?([0-9]+)\.\+?([0-9]+)")
+_U32_MAX = 2**32 - 1
 
 
 @dataclass
@@ -50,12 +53,17 @@ def combine_messages(messages: list[str]) -> str:
 
 def _schema_version(config: ProxyConfig, outcome: SemanticOutcome, where: SourceRef) -> bool:
     version = config.schema_version
-    match = _SCHEMA_RE.match(version)
-    if match is None:
+    match = _SCHEMA_RE.fullmatch(version)
+    parts = (
+        (parse_unsigned(match.group(1), _U32_MAX), parse_unsigned(match.group(2), _U32_MAX))
+        if match is not None
+        else (None, None)
+    )
+    if parts[0] is None or parts[1] is None:
         message = f"Invalid schema version '{version}': Expected format: major.minor (e.g., '1.0')"
         outcome.errors.append(Diagnostic("error", "schema-version", message, where, STAGE_SCHEMA))
         return False
-    parsed = (int(match.group(1)), int(match.group(2)))
+    parsed = (parts[0], parts[1])
     if parsed < CURRENT_SCHEMA:
         message = (
             f"Config schema version {version} is older than minimum supported version 1.0. "
@@ -279,7 +287,7 @@ def _valid_target(address: str) -> bool:
     _host, sep, port = address.rpartition(":")
     if not sep:
         return False
-    return port.isdigit() and port.isascii() and int(port) <= 65535
+    return parse_unsigned(port, 65535) is not None
 
 
 def _acme_domains(config: ProxyConfig, add: _Adder) -> None:

@@ -8,6 +8,9 @@ disagree on structure, positions fall back to the nearest enclosing node that ag
 
 from __future__ import annotations
 
+import bisect
+import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,10 @@ from sentinel_cp.bundles.kdl.diagnostics import STAGE_LIMITS, STAGE_SYNTAX, Load
 MAX_DEPTH = 64
 MAX_NODES = 250_000
 MAX_LOCATE_BYTES = 1 << 20
+# Wall-clock time tree-sitter may spend finding positions in one bundle. Its error recovery is
+# superlinear on some broken input (20,000 unclosed `{` take seconds, a megabyte of them
+# hours); past the deadline positions fall back to the enclosing file's first line.
+POSITION_BUDGET_SECONDS = 3.0
 
 KDL_SYNTAX_MESSAGE = "KDL parse error during include expansion: Failed to parse KDL document"
 
@@ -31,6 +38,25 @@ _LANGUAGE = tree_sitter.Language(tree_sitter_kdl.language())
 
 def _ts_parser() -> tree_sitter.Parser:
     return tree_sitter.Parser(_LANGUAGE)
+
+
+def _ts_parse(data: bytes, deadline: float | None) -> tree_sitter.Tree | None:
+    """The tree-sitter tree of `data`, or None when `deadline` (time.monotonic) passes first."""
+    if deadline is None:
+        return _ts_parser().parse(data)
+    if time.monotonic() >= deadline:
+        return None
+
+    def read(offset: int, _point: tuple[int, int]) -> bytes:
+        return data[offset : offset + 65536]
+
+    def cancel(_offset: int, _has_error: bool) -> bool:
+        return time.monotonic() >= deadline
+
+    try:
+        return _ts_parser().parse(read, progress_callback=cancel)
+    except ValueError:  # "Parsing failed": cancelled by the deadline
+        return None
 
 
 @dataclass(slots=True)
@@ -108,15 +134,34 @@ def _budget_check(nodes: list[Any], file: str, budget: int) -> int:
     return count
 
 
+# KDL v2 newlines besides LF (and CRLF, which tree-sitter already counts as one line break).
+_OTHER_NEWLINE = re.compile("\r(?!\n)|[\x0b\x0c\x85\u2028\u2029]")
+_ANY_NEWLINE = re.compile(rb"\r\n|[\n\r\x0b\x0c]|\xc2\x85|\xe2\x80[\xa8\xa9]")
+
+
 class _Positions:
-    """Byte offset -> 1-based character column, cheap for ASCII text."""
+    """A tree-sitter node's start -> 1-based line and character column, cheap for ASCII text.
+
+    tree-sitter counts rows by LF only; a document whose lines end in CR alone (or another KDL
+    newline) gets its lines counted here from the byte offset, or every error would be on
+    line 1 at some huge column.
+    """
 
     def __init__(self, text: str, data: bytes) -> None:
         self.ascii = text.isascii()
+        self.data = data
         self.lines = data.split(b"\n") if not self.ascii else []
+        self.starts: list[int] = []
+        if _OTHER_NEWLINE.search(text) is not None:
+            self.starts = [0, *(match.end() for match in _ANY_NEWLINE.finditer(data))]
 
-    def ref(self, file: str, point: tuple[int, int]) -> SourceRef:
-        row, col = point
+    def ref(self, file: str, node: tree_sitter.Node) -> SourceRef:
+        if self.starts:
+            offset = node.start_byte
+            line = bisect.bisect_right(self.starts, offset)
+            prefix = self.data[self.starts[line - 1] : offset]
+            return SourceRef(file, line, len(prefix.decode("utf-8", "replace")) + 1)
+        row, col = node.start_point
         if not self.ascii and row < len(self.lines):
             col = len(self.lines[row][:col].decode("utf-8", "replace"))
         return SourceRef(file, row + 1, col + 1)
@@ -193,7 +238,7 @@ class _Builder:
             ts = ts_nodes[index] if ts_nodes is not None else None
             ts_block: tree_sitter.Node | None = None
             if ts is not None:
-                source = self.positions.ref(self.file, ts.start_point)
+                source = self.positions.ref(self.file, ts)
                 kinds, ts_block = _ts_parts(ts)
                 ts_name = _node_name(ts.child_by_field_name("name"))
                 if ts_name is not None and ts_name != ck.name:
@@ -249,13 +294,19 @@ class ParsedDocument:
     disagreements: list[SourceRef]
 
 
-def parse_document(text: str, file: str, *, node_budget: int = MAX_NODES) -> ParsedDocument:
-    """Parse one KDL v2 file; raise `LoadFailure` on a syntax error or a crossed bound."""
+def parse_document(
+    text: str, file: str, *, node_budget: int = MAX_NODES, deadline: float | None = None
+) -> ParsedDocument:
+    """Parse one KDL v2 file; raise `LoadFailure` on a syntax error or a crossed bound.
+
+    Positions come from tree-sitter until `deadline` (time.monotonic); after it, every node is
+    placed at the file's first line rather than parsing on.
+    """
     try:
         document = ckdl.parse(text, version=2)
         ck_nodes = list(document.nodes)
     except Exception as exc:
-        line, column, hint = locate_syntax_error(text)
+        line, column, hint = locate_syntax_error(text, deadline=deadline)
         detail = f"ckdl: {exc}" if str(exc) else "ckdl rejected the document"
         raise LoadFailure(
             "kdl-syntax",
@@ -266,10 +317,11 @@ def parse_document(text: str, file: str, *, node_budget: int = MAX_NODES) -> Par
         ) from None
     count = _budget_check(ck_nodes, file, node_budget)
     data = text.encode("utf-8", "replace")
-    tree = _ts_parser().parse(data)
+    tree = _ts_parse(data, deadline)
     builder = _Builder(file, _Positions(text, data))
     root_ref = SourceRef(file, 1, 1)
-    nodes = builder.build(ck_nodes, _ts_live_nodes(tree.root_node), root_ref)
+    ts_nodes = _ts_live_nodes(tree.root_node) if tree is not None else None
+    nodes = builder.build(ck_nodes, ts_nodes, root_ref)
     return ParsedDocument(file, nodes, count, builder.disagreements)
 
 
@@ -302,11 +354,15 @@ def _ckdl_accepts(data: bytes) -> bool:
     return True
 
 
-def _bisect_nodes(data: bytes, root: tree_sitter.Node) -> tree_sitter.Node | None:
+def _bisect_nodes(
+    data: bytes, root: tree_sitter.Node, deadline: float | None
+) -> tree_sitter.Node | None:
     """Deepest node whose own text ckdl rejects (ckdl gives no position of its own)."""
     level = _ts_live_nodes(root)
     found: tree_sitter.Node | None = None
     for _ in range(MAX_DEPTH):
+        if deadline is not None and time.monotonic() >= deadline:
+            return found
         culprit = next(
             (n for n in level if not _ckdl_accepts(data[n.start_byte : n.end_byte])), None
         )
@@ -320,25 +376,27 @@ def _bisect_nodes(data: bytes, root: tree_sitter.Node) -> tree_sitter.Node | Non
     return found
 
 
-def locate_syntax_error(text: str) -> tuple[int, int, str]:
+def locate_syntax_error(text: str, *, deadline: float | None = None) -> tuple[int, int, str]:
     """Best position (line, column) and a hint for a document ckdl rejected."""
     data = text.encode("utf-8", "replace")
     if len(data) > MAX_LOCATE_BYTES:
         return 1, 1, "document too large to locate the syntax error precisely"
-    tree = _ts_parser().parse(data)
+    tree = _ts_parse(data, deadline)
+    if tree is None:
+        return 1, 1, "document too complex to locate the syntax error precisely"
     positions = _Positions(text, data)
     error = _first_error(tree.root_node)
     if error is not None:
-        ref = positions.ref("", error.start_point)
+        ref = positions.ref("", error)
         return ref.line, ref.column, "KDL v2 syntax error here"
     keyword = _first_bare_keyword(tree.root_node)
     if keyword is not None:
-        ref = positions.ref("", keyword.start_point)
+        ref = positions.ref("", keyword)
         word = (keyword.text or b"").decode("utf-8", "replace")
         return ref.line, ref.column, f"bare `{word}` is KDL v1 syntax; write `#{word}` in KDL v2"
-    culprit = _bisect_nodes(data, tree.root_node)
+    culprit = _bisect_nodes(data, tree.root_node, deadline)
     if culprit is not None:
-        ref = positions.ref("", culprit.start_point)
+        ref = positions.ref("", culprit)
         return ref.line, ref.column, "this node is not valid KDL v2"
     return 1, 1, "KDL v2 syntax error"
 
