@@ -14,7 +14,8 @@ from flask import Flask
 from nicegui import app as nicegui_app
 from nicegui import ui
 
-from console import context, live
+from console import context, frame, live
+from sentinel_cp.errors import Unavailable
 
 CONSOLE_COOKIE = "sentinel_console"
 
@@ -34,6 +35,7 @@ def attach(root: FastAPI, flask_app: Flask) -> None:
 
     nicegui_app.on_startup(live.start_listener)
     nicegui_app.on_shutdown(live.stop_listener)
+    nicegui_app.add_exception_handler(Unavailable, frame.unavailable_page)
     storage_secret = hashlib.sha256(
         b"nicegui-storage:" + flask_app.config["SECRET_KEY"].encode()
     ).hexdigest()

@@ -3,20 +3,27 @@
 It also re-checks the session every 30 seconds from the browser (a `fetch` of `/api/v1/me`
 carries the current cookie), so a logout in another tab, an expired session or a disabled
 user sends the page back to the login screen instead of leaving a live console open.
+
+While the console cannot hear Redis events (`live.state.interrupted`) every page shows a
+banner saying so; the page reloads what it shows once the subscription is back.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from nicegui import app, ui
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
 
+from console import live
 from console.context import call, flask_app
 from console.session import Operator, operator_from_cookie
 from sentinel_cp import projects
-from sentinel_cp.errors import DomainError, Forbidden, Invalid
+from sentinel_cp.errors import DomainError, Forbidden, Invalid, Unavailable
 
 SESSION_CHECK_S = 30
 NAVIGATION = (
@@ -29,6 +36,7 @@ NAVIGATION = (
     ("Settings", "/settings", "settings"),
 )
 ROLE_COLOURS = {"admin": "negative", "operator": "primary", "reader": "grey-7"}
+INTERRUPTED_TEXT = "Live updates interrupted — reconnecting…"
 
 
 def _project_slugs() -> list[str]:
@@ -42,7 +50,10 @@ async def check_session() -> None:
     (a logout in another tab). Either failing ends the page and clears what it shows."""
     client = ui.context.client
     cookie = client.request.cookies.get(flask_app().config["SESSION_COOKIE_NAME"])
-    ended = await operator_from_cookie(cookie) is None
+    try:
+        ended = await operator_from_cookie(cookie) is None
+    except Unavailable:
+        return  # Redis (revocations) or the database is away: not a logout; check next round
     if not ended:
         try:
             status = await ui.run_javascript(
@@ -93,8 +104,22 @@ def frame(operator: Operator, title: str, project: str | None, slugs: list[str])
             ui.link(label, path).classes("block py-1 text-body1 no-underline").mark(f"nav-{marker}")
     ui.timer(SESSION_CHECK_S, check_session)
     with ui.column().classes("w-full max-w-6xl mx-auto p-4 gap-4") as content:
+        interrupted_banner()
         ui.label(title).classes("text-h5")
         yield content
+
+
+def interrupted_banner() -> ui.row:
+    """Shown while live updates cannot arrive (Redis away); hidden again once they can."""
+    with ui.row().classes(
+        "w-full items-center gap-2 px-3 py-2 rounded bg-warning text-black"
+    ) as banner:
+        ui.icon("sync_problem")
+        ui.label(INTERRUPTED_TEXT)
+    banner.mark("live-interrupted")
+    banner.set_visibility(live.state.interrupted)
+    live.connection_changed.subscribe(banner.set_visibility)  # dropped with the page
+    return banner
 
 
 async def page_context() -> tuple[str | None, list[str]]:
@@ -104,6 +129,20 @@ async def page_context() -> tuple[str | None, list[str]]:
     if chosen in slugs:
         return str(chosen), slugs
     return (slugs[0] if slugs else None), slugs
+
+
+def unavailable_page(_request: Request, exc: Exception) -> HTMLResponse:
+    """A page opened while a dependency is away (its session check needs Redis and the
+    database): 503 + Retry-After and a page that tries again by itself, never a bare 500."""
+    retry_after = exc.retry_after if isinstance(exc, Unavailable) else 5
+    body = (
+        "<!doctype html><html><head><title>Sentinel CP · temporarily unavailable</title>"
+        f'<meta http-equiv="refresh" content="{retry_after}"></head><body>'
+        "<h1>Sentinel CP is temporarily unavailable</h1>"
+        f"<p>{html.escape(str(exc))}. This page tries again in {retry_after} seconds.</p>"
+        "</body></html>"
+    )
+    return HTMLResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
 
 
 def no_projects() -> None:

@@ -3,16 +3,24 @@
 Pages subscribe to `changes` and reload what they show from the database; events only say
 "something changed". Bursts are coalesced by each subscriber (see `Coalescer`), so a busy
 fleet cannot flood a browser.
+
+Pub/sub drops what is published while nobody listens, so an outage must be visible and must end
+in a full reload: the listener checks Redis every `HEALTH_CHECK_S` (a stopped Redis fails at
+once, a frozen or unreachable one within `PING_TIMEOUT_S`), `state.interrupted` says whether
+events are being missed (the frame shows a banner), and `connection_changed` tells every page
+when that changes — on `False` (subscribed again) each followed page reloads everything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,41 +32,89 @@ from sentinel_cp.events import CHANNEL
 
 log = logging.getLogger(__name__)
 LIVE_INTERVAL_S = 1.0  # a page reloads at most once a second, whatever the event rate
+HEALTH_CHECK_S = 1.0  # how often the listener makes sure Redis still answers
+PING_TIMEOUT_S = 2.0  # an answer slower than this counts as an outage
+RECONNECT_MIN_S = 0.25
+RECONNECT_MAX_S = 2.0  # after an outage of any length, subscribed again within this
 changes: Event[dict[str, Any]] = Event()
+connection_changed: Event[bool] = Event()  # True: events are being missed; False: back
 listener_ready = asyncio.Event()
 _task: asyncio.Task[None] | None = None
 
 
+@dataclass
+class LiveState:
+    """What this console process hears: `interrupted` while Redis events cannot reach it."""
+
+    interrupted: bool = False
+
+
+state = LiveState()
+
+
+def _set_interrupted(interrupted: bool) -> None:
+    if state.interrupted == interrupted:
+        return
+    state.interrupted = interrupted
+    connection_changed.emit(interrupted)
+
+
+def _deliver(message: dict[str, Any] | None) -> None:
+    if message is None or message.get("type") != "message":
+        return
+    try:
+        payload = json.loads(message["data"])
+    except (ValueError, TypeError):
+        return
+    if isinstance(payload, dict):
+        changes.emit(payload)
+
+
+async def _subscribed_session(client: aioredis.Redis) -> None:
+    """Subscribe, then deliver events until Redis fails a health check or the connection."""
+    async with client.pubsub() as pubsub:
+        await asyncio.wait_for(pubsub.subscribe(CHANNEL), PING_TIMEOUT_S)
+        listener_ready.set()
+        _set_interrupted(False)
+        checked = time.monotonic()
+        while True:
+            _deliver(await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5))
+            if time.monotonic() - checked >= HEALTH_CHECK_S:
+                # A frozen Redis keeps the subscription's socket open and silent: ask it.
+                await asyncio.wait_for(client.ping(), PING_TIMEOUT_S)
+                checked = time.monotonic()
+
+
 async def _listen() -> None:
-    backoff = 0.5
+    backoff = RECONNECT_MIN_S
     while True:
+        # No transparent retries: a reconnect inside redis-py would resubscribe silently and
+        # hide the events lost in between; every lost connection must end in a full reload.
+        client = aioredis.from_url(
+            broker.current_url(), socket_connect_timeout=PING_TIMEOUT_S, retry=None
+        )
         try:
-            client = aioredis.from_url(broker.current_url())
-            async with client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL)
-                listener_ready.set()
-                backoff = 0.5
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    try:
-                        payload = json.loads(message["data"])
-                    except (ValueError, TypeError):
-                        continue
-                    if isinstance(payload, dict):
-                        changes.emit(payload)
+            await _subscribed_session(client)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # Redis down: keep the console up and retry
+        except Exception as exc:  # Redis down or frozen: keep the console up, say so, retry
+            if listener_ready.is_set():
+                backoff = RECONNECT_MIN_S  # it was subscribed: a new outage starts
+            if not state.interrupted:
+                log.warning("event listener lost Redis (%s); retrying", exc.__class__.__name__)
             listener_ready.clear()
-            log.warning("event listener lost Redis (%s); retrying", exc.__class__.__name__)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10)
+            _set_interrupted(True)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), PING_TIMEOUT_S)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, RECONNECT_MAX_S)
 
 
 def start_listener() -> None:
     global _task
     listener_ready.clear()  # a restarted listener is not ready until it subscribed again
+    state.interrupted = False
     _task = background_tasks.create(_listen(), name="sentinel-events")
 
 
@@ -124,8 +180,10 @@ def follow(
 
     A disconnect unsubscribes (no work for a page nobody sees), a reconnect subscribes again
     and refreshes once (events were missed: pub/sub does not keep them), and the page's end
-    unsubscribes for good. A refresh that meets a domain error (the session ended, the thing
-    was deleted) is skipped; the frame's session check ends the page.
+    unsubscribes for good. For the same reason the page refreshes once when the listener is
+    subscribed to Redis again after an outage (`connection_changed`). A refresh that meets a
+    domain error (the session ended, the thing was deleted) is skipped; the frame's session
+    check ends the page.
     """
     client = ui.context.client
 
@@ -165,7 +223,12 @@ def follow(
         if subscribed:
             coalesced()
 
+    def listener_changed(interrupted: bool) -> None:
+        if not interrupted and subscribed:
+            coalesced()  # what changed during the outage published nothing we heard
+
     subscribe()
+    connection_changed.subscribe(listener_changed)  # dropped with the page
     if periodic_s is not None:
         ui.timer(periodic_s, periodic, immediate=False)
     client.on_connect(reconnected)

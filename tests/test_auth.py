@@ -470,6 +470,26 @@ def test_logout_revokes_the_old_cookie_server_side(app: Any) -> None:
     assert error_of(response)["code"] == "unauthenticated"
 
 
+def test_a_redis_that_lost_its_data_cannot_bring_a_logged_out_session_back(app: Any) -> None:
+    from sentinel_cp import broker
+
+    make_user(app, ADMIN, "admin")
+    browser = app.test_client()
+    assert login(browser, ADMIN).status_code == 200
+    stolen = browser.get_cookie(COOKIE).value
+    assert browser.delete("/api/v1/session", headers=JSON_HEADERS).status_code == 200
+
+    with app.app_context():
+        broker.connection().flushdb()  # Redis restarted empty: the revocation is gone
+    replay = app.test_client()
+    replay.set_cookie(COOKIE, stolen)
+    assert replay.get(ME).status_code == 401  # of the old generation: refused all the same
+
+    fresh = app.test_client()
+    assert login(fresh, ADMIN).status_code == 200  # a new generation begins at the next login
+    assert fresh.get(ME).status_code == 200
+
+
 def test_logout_does_not_end_other_sessions_of_the_same_user(app: Any) -> None:
     make_user(app, ADMIN, "admin")
     laptop, phone = app.test_client(), app.test_client()
