@@ -11,9 +11,15 @@ from __future__ import annotations
 import sys
 
 from rq.cli import main
+from rq.worker.base import BaseWorker
 
 from jobs import context
 
+# An idle worker that lost Redis retries with backoff; RQ lets the wait grow to 60 s, so work
+# queued after an outage could wait a minute for a worker that is already able to take it.
+RECONNECT_WAIT_MAX_S = 5.0
+
 if __name__ == "__main__":
+    BaseWorker.max_connection_wait_time = RECONNECT_WAIT_MAX_S
     context.preload()
     sys.exit(main())
