@@ -320,6 +320,17 @@ def test_storage_down_leaves_the_bundle_pending_then_fails_it_after_retries(
         assert outcome == "failed"
         db.session.refresh(row)
         assert row.errors[0]["code"] == "storage_unavailable"
+        monkeypatch.undo()
+
+    # Storage is back: submitting the same content again compiles it (it is the same bundle).
+    again = submit(client, key, CONFIG, "v1")
+    assert again.status_code == 200
+    assert (again.get_json()["id"], again.get_json()["status"]) == (bundle_id, "pending")
+    with app.app_context():
+        assert compiler.compile_bundle(bundle_id) == "compiled"
+    assert len(actions(app, "bundle.retried")) == 1
+    assert submit(client, key, CONFIG, "v1").get_json()["status"] == "compiled"  # a no-op now
+    assert len(actions(app, "bundle.retried")) == 1
 
 
 def test_validate_is_a_dry_run(client: Any, app: Any, key: str) -> None:

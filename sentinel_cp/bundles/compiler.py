@@ -82,6 +82,8 @@ def submit(
     archive = build_archive(str(project.id), files)
     found = db.session.get(Bundle, archive.bundle_id)
     if found is not None:
+        if _failed_for_storage(found):
+            _retry(actor, found, now)
         return found, True
     _require_free_version(project.id, version)
     bundle = Bundle(
@@ -126,6 +128,42 @@ def submit(
     events.publish_after_commit(project.id, "bundle", bundle.id, "pending")
     request_compile(bundle.id)
     return bundle, False
+
+
+def _failed_for_storage(bundle: Bundle) -> bool:
+    """Failed only because storage stayed down through every attempt: the content is fine."""
+    return (
+        bundle.status == "failed"
+        and bool(bundle.errors)
+        and all(error.get("code") == "storage_unavailable" for error in bundle.errors)
+    )
+
+
+def _retry(actor: Actor, bundle: Bundle, now: datetime) -> None:
+    """`failed → pending` with fresh attempts, when the same content is submitted again after
+    a storage outage outlasted the compile's retries (identical content is the same bundle, so
+    without this it could never be compiled)."""
+    retried = db.session.execute(
+        update(Bundle)
+        .where(Bundle.id == bundle.id, Bundle.status == "failed")
+        .values(status="pending", compile_attempts=0, errors=[], output={})
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if retried != 1:
+        return
+    audit.record(
+        actor,
+        "bundle.retried",
+        resource_type="bundle",
+        resource_id=bundle.id,
+        project_id=bundle.project_id,
+        changes={"status": ["failed", "pending"]},
+        metadata={"reason": "resubmitted after storage_unavailable"},
+        now=now,
+    )
+    db.session.refresh(bundle)
+    events.publish_after_commit(bundle.project_id, "bundle", bundle.id, "pending")
+    request_compile(bundle.id)
 
 
 def _require_free_version(project_id: uuid.UUID, version: str) -> None:
