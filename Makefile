@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 FLASK := $(PY) -m flask --app app
 
-.PHONY: setup run test test-coverage format lint check db-setup db-reset db-migrate bench screenshots clean
+.PHONY: setup run test test-coverage format lint check db-setup db-reset db-migrate bench screenshots fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(STAMP)  ## benchmarks -> bench/results.json (QUICK=1 for a short run; i
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| { echo "bench needs wrk (Debian package wrk)"; exit 1; }
 	QUICK=$(QUICK) $(PY) bench/run.py
+
+FUZZ_EXAMPLES ?= 200
+fuzz: $(STAMP)  ## schemathesis on every API operation, both backends (FUZZ_EXAMPLES per operation; FUZZ_SEED)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz_api.py -k every_operation $(PYTEST_ARGS)
 
 screenshots: $(STAMP)  ## docs/screenshots/*.png from a live demo in Debian's headless chromium
 	$(PY) scripts/screenshots.py

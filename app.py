@@ -35,6 +35,33 @@ MAX_BODY_BYTES = 1024 * 1024
 # Metric labels from a closed set: a client inventing methods must not grow the registry.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Security headers (docs/security.md). The API serves JSON and one static page (/api/docs,
+# inline style only). The console is NiceGUI: Vue compiles its templates in the browser and the
+# page carries inline scripts, so its policy needs 'unsafe-inline'/'unsafe-eval' for scripts;
+# it still loads nothing from another origin, connects nowhere else and cannot be framed.
+API_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
+CONSOLE_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def security_headers(csp: str, *, production: bool) -> tuple[tuple[str, str], ...]:
+    """Headers every response carries; HSTS only in production (development is plain HTTP)."""
+    headers = (
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "same-origin"),
+        ("Content-Security-Policy", csp),
+    )
+    return (*headers, ("Strict-Transport-Security", HSTS)) if production else headers
+
 
 migrate = Migrate(render_as_batch=True, directory=str(ROOT / "migrations"))
 login_manager = LoginManager()
@@ -106,6 +133,7 @@ def create_app(
     jobqueue.configure(enqueue)
     _import_models()
     register_error_handlers(app)
+    _install_dependency_handlers(app)
     register_blueprints(app)
     _install_request_hooks(app)
     return app
@@ -120,6 +148,21 @@ def _import_models() -> None:
     from sentinel_cp.rollouts import models as rollout_models  # noqa: F401
 
 
+def _install_dependency_handlers(app: Flask) -> None:
+    """A Redis call no domain function wrapped (they raise `Unavailable`) is still a dependency
+    being down: 503 + Retry-After JSON, like the database's OperationalError, never a 500."""
+    import redis
+
+    @app.errorhandler(redis.RedisError)
+    def redis_unavailable(exc: redis.RedisError) -> Response:
+        logging.getLogger("sentinel_cp.http").warning(
+            "Redis unavailable: %s", exc.__class__.__name__
+        )
+        response = error_response(503, "Redis unavailable; try again shortly", "unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
+
+
 @login_manager.user_loader
 def _load_user(session_id: str) -> accounts.User | None:
     return accounts.load_session_user(session_id)
@@ -131,6 +174,10 @@ def _unauthorized() -> Response:
 
 
 def _install_request_hooks(app: Flask) -> None:
+    api_headers = security_headers(
+        API_CSP, production=app.config["SENTINEL_SETTINGS"].is_production
+    )
+
     @app.before_request
     def start_request() -> None:
         supplied = request.headers.get("X-Request-ID", "")
@@ -141,9 +188,8 @@ def _install_request_hooks(app: Flask) -> None:
     @app.after_request
     def finish_request(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
+        for name, value in api_headers:
+            response.headers.setdefault(name, value)
         if request.path.startswith("/api/v1/"):
             response.headers.setdefault("Cache-Control", "no-store")
         limits = g.get("rate_limit")
@@ -190,33 +236,30 @@ class PathDispatcher:
     entry answer the same URLs. Lifespan events go to the FastAPI app (NiceGUI's start-up).
     """
 
-    def __init__(self, api: Any, console: Any) -> None:
+    def __init__(self, api: Any, console: Any, *, production: bool = False) -> None:
         self.api = api
         self.console = console
+        self.console_headers = tuple(
+            (name.lower().encode(), value.encode())
+            for name, value in security_headers(CONSOLE_CSP, production=production)
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
             await self.api(scope, receive, send)
         elif scope["type"] == "http":
-            await self.console(scope, receive, _with_console_headers(send))
+            await self.console(scope, receive, _with_headers(send, self.console_headers))
         else:
             await self.console(scope, receive, send)
 
 
-CONSOLE_HEADERS = (
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"same-origin"),
-)
-
-
-def _with_console_headers(send: Any) -> Any:
+def _with_headers(send: Any, headers: tuple[tuple[bytes, bytes], ...]) -> Any:
     """Add the console's security headers to every HTTP response it starts."""
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             present = {name.lower() for name, _ in message.get("headers", [])}
-            extra = [(k, v) for k, v in CONSOLE_HEADERS if k not in present]
+            extra = [(k, v) for k, v in headers if k not in present]
             message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
 
@@ -233,7 +276,8 @@ def create_asgi(flask_app: Flask | None = None) -> PathDispatcher:
     flask_app = flask_app or create_app()
     root = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     console.attach(root, flask_app)
-    return PathDispatcher(WSGIMiddleware(flask_app, workers=16), root)
+    production = flask_app.config["SENTINEL_SETTINGS"].is_production
+    return PathDispatcher(WSGIMiddleware(flask_app, workers=16), root, production=production)
 
 
 if __name__ in {"__main__", "__mp_main__"}:

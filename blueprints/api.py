@@ -54,9 +54,12 @@ class RouteSpec:
     response: type[BaseModel] | None
     status: int
     responses: dict[int, str] = field(default_factory=dict)
-    produces: str = "application/json"
+    # Media type -> schema of a body that is not the `response` model (CSV, NDJSON, …).
+    produces: dict[str, dict[str, Any]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     multipart: bool = False
+    # The route's own body limit in bytes; None means the app-wide MAX_CONTENT_LENGTH.
+    max_body: int | None = None
 
 
 REGISTRY: dict[str, RouteSpec] = {}
@@ -177,13 +180,17 @@ def route(
     response: type[BaseModel] | None = None,
     status: int = 200,
     responses: dict[int, str] | None = None,
-    produces: str = "application/json",
+    produces: str | dict[str, dict[str, Any]] = "application/json",
     max_body: int | None = None,
     hot: bool = False,
     multipart: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a view with declared input/output; see the module docstring.
 
+    `responses` documents every other status the view returns: a 2xx there answers with the
+    same body as `status`, a 3xx with none, a 4xx/5xx with the error body. `produces` names
+    the media type of a body that is not JSON (its schema a string), or maps each media type
+    the view may answer with to its schema (an export in several formats).
     `auth_mode` is `operator` (API key or session, plus `scope`), `node` (node key or JWT
     whose node must be the `node_id` in the path) or `public`. `max_body` lowers the
     app-wide body limit for this route (or raises it, for uploads). `multipart` lets a
@@ -247,14 +254,21 @@ def route(
             response=response,
             status=status,
             responses=responses or {},
-            produces=produces,
+            produces=_media_types(produces),
             tags=(bp.name,),
             multipart=multipart,
+            max_body=max_body,
         )
         bp.add_url_rule(rule, view.__name__, wrapper, methods=[method])
         return wrapper
 
     return decorate
+
+
+def _media_types(produces: str | dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    if isinstance(produces, dict):
+        return dict(produces)
+    return {} if produces == "application/json" else {produces: {"type": "string"}}
 
 
 def page_body(page: Page[Any], serialize: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:

@@ -39,6 +39,10 @@ def _list(project_id: uuid.UUID | None, query: AuditQuery) -> dict[str, object]:
     return page_body(page, lambda item: item.to_dict())
 
 
+# `format=json` (the default): one JSON object per line; `format=csv`: CSV with a header row.
+EXPORT_MEDIA_TYPES = {"application/x-ndjson": {"type": "string"}, "text/csv": {"type": "string"}}
+
+
 def _export(project_id: uuid.UUID | None, query: AuditExportQuery, name: str) -> Response:
     mimetype = "text/csv" if query.format == "csv" else "application/x-ndjson"
     extension = "csv" if query.format == "csv" else "jsonl"
@@ -68,7 +72,7 @@ def project_audit(principal: Principal, slug: str, query: AuditQuery) -> dict[st
     summary="Export a project's audit chain",
     scope=SCOPE,
     query=AuditExportQuery,
-    produces="text/csv",
+    produces=EXPORT_MEDIA_TYPES,
 )
 def project_audit_export(principal: Principal, slug: str, query: AuditExportQuery) -> Response:
     project = visible_project(principal, slug)
@@ -107,7 +111,7 @@ def global_audit(principal: Principal, query: AuditQuery) -> dict[str, object]:
     summary="Export the global audit chain",
     scope=SCOPE,
     query=AuditExportQuery,
-    produces="text/csv",
+    produces=EXPORT_MEDIA_TYPES,
 )
 def global_audit_export(principal: Principal, query: AuditExportQuery) -> Response:
     _global_chain(principal)

@@ -15,7 +15,7 @@ from flask_login import current_user
 from sentinel_cp import accounts, sessions, throttle
 from sentinel_cp.accounts import Principal
 from sentinel_cp.db import db
-from sentinel_cp.errors import Forbidden, Unauthorized
+from sentinel_cp.errors import Forbidden, RateLimited, Unauthorized
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_LIMIT = throttle.Limit("api", limit=1200, window_s=60)
@@ -65,7 +65,11 @@ def require_principal() -> Principal:
         subject = f"user:{principal.user.id}"
     else:
         raise Unauthorized("Authentication required", code="unauthenticated")
-    remaining, reset = throttle.consume(API_LIMIT, subject)
+    try:
+        remaining, reset = throttle.consume(API_LIMIT, subject)
+    except RateLimited as exc:
+        g.rate_limit = (API_LIMIT.limit, 0, exc.retry_after)  # the 429 carries them too
+        raise
     g.rate_limit = (API_LIMIT.limit, remaining, reset)
     g.principal = principal
     return principal

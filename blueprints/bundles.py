@@ -69,7 +69,7 @@ def _uploaded_files() -> tuple[str, dict[str, str]]:
     status=201,
     max_body=MAX_SUBMISSION,
     multipart=True,
-    responses={409: "version_taken"},
+    responses={200: "Identical content exists: that bundle", 409: "version_taken"},
 )
 def submit(principal: Principal, slug: str, body: BundleSubmitIn | None) -> tuple[Any, int]:
     project = visible_project(principal, slug)
@@ -241,6 +241,7 @@ def bill_of_materials(principal: Principal, slug: str, bundle_id: str) -> dict[s
     scope=WRITE,
     body=BundleRevokeIn,
     response=BundleOut,
+    responses={409: "bundle_<status>: only a compiled bundle can be revoked"},
 )
 def revoke(principal: Principal, slug: str, bundle_id: str, body: BundleRevokeIn) -> Any:
     bundle = _bundle(principal, slug, bundle_id)

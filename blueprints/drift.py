@@ -124,7 +124,10 @@ def drift_stats(principal: Principal, slug: str) -> dict[str, Any]:
     summary="Export drift events, oldest first (CSV with a header row, or a JSON array)",
     scope=READ,
     query=DriftExportQuery,
-    produces="text/csv",
+    produces={
+        "text/csv": {"type": "string"},
+        "application/json": {"type": "array", "items": {"type": "object"}},
+    },
 )
 def export_drift(principal: Principal, slug: str, query: DriftExportQuery) -> Response:
     project = visible_project(principal, slug)

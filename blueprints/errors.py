@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from blueprints.api import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -83,7 +83,9 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
+            # The route's own limit when it set one (uploads, node reports), else the app's.
+            limit = request.max_content_length if has_request_context() else None
+            limit = limit or app.config.get("MAX_CONTENT_LENGTH")
             return error_response(
                 413, f"Request body exceeds the limit of {limit} bytes", "body_too_large"
             )

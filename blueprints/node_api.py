@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from blueprints import node_auth
+from blueprints import auth, node_auth
 from blueprints.api import route
 from blueprints.schemas import (
     CountOut,
@@ -22,14 +22,19 @@ from blueprints.schemas import (
     RunningConfigOut,
     SigningKeysOut,
 )
-from sentinel_cp import metrics, nodes, projects, signing
+from sentinel_cp import metrics, nodes, projects, signing, throttle
 from sentinel_cp.db import db, utcnow
+from sentinel_cp.errors import NotFound, Unauthorized
 
 bp = Blueprint("node_api", __name__, url_prefix="/api/v1")
 bp.teardown_request(node_auth.close_hot_connection)
 SMALL_BODY = 64 * 1024
 CONFIG_BODY = 1024 * 1024 + 4096
 REGISTRATION_HEADER = "X-Sentinel-Registration-Token"
+# Failed registrations (wrong token, unknown project) per client address; past the limit every
+# registration from that address is 429 until the window ends. Successes are not counted, so a
+# fleet registering from behind one NAT address is never slowed down.
+REGISTRATION_FAILURES = throttle.Limit("register:addr", limit=20, window_s=300)
 
 
 @route(
@@ -42,24 +47,36 @@ REGISTRATION_HEADER = "X-Sentinel-Registration-Token"
     response=RegisterOut,
     status=201,
     max_body=SMALL_BODY,
-    responses={401: "invalid_registration_token", 404: "project", 409: "name_taken"},
+    responses={
+        401: "invalid_registration_token",
+        404: "project",
+        409: "name_taken",
+        429: "too many failed registrations from this address",
+    },
 )
 def register(slug: str, body: RegisterIn) -> tuple[dict[str, Any], int]:
-    project = projects.get_project(slug)
+    address = auth.client_address()
+    throttle.check(REGISTRATION_FAILURES, address)
     token = request.headers.get(REGISTRATION_HEADER) or request.headers.get(
         "X-Zentinel-Registration-Token"
     )
-    node, key, signing_keys = nodes.register_node(
-        project,
-        presented_token=token,
-        name=body.name,
-        labels=body.labels,
-        capabilities=body.capabilities,
-        version=body.version,
-        ip=body.ip or request.remote_addr,
-        hostname=body.hostname,
-        metadata=body.metadata,
-    )
+    try:
+        project = projects.get_project(slug)
+        node, key, signing_keys = nodes.register_node(
+            project,
+            presented_token=token,
+            name=body.name,
+            labels=body.labels,
+            capabilities=body.capabilities,
+            version=body.version,
+            ip=body.ip or request.remote_addr,
+            hostname=body.hostname,
+            metadata=body.metadata,
+        )
+    except (NotFound, Unauthorized):
+        # Guessing tokens or probing project slugs: counted against the address.
+        throttle.hit(REGISTRATION_FAILURES, address)
+        raise
     settings = project.config
     result = {
         "node_id": str(node.id),

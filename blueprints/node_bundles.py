@@ -31,6 +31,7 @@ PRESIGNED_TTL_S = 300
     auth_mode="node",
     summary="What the node should run: an offer or no_update (ETag / If-None-Match → 304)",
     response=PollOut,
+    responses={304: "Not modified: If-None-Match holds the current ETag"},
     hot=True,
 )
 def poll(node: nodes.NodeContext) -> Any:

@@ -54,6 +54,18 @@ def _error_statuses(spec: RouteSpec, has_path_params: bool) -> set[int]:
     return statuses
 
 
+def _query_value_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is optional by being absent: a query string cannot carry JSON
+    `null` (`?state=null` is the string "null", refused), so the `| None` branch goes."""
+    branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+    if not branches or len(branches) == len(prop["anyOf"]):
+        return prop
+    rest = {k: v for k, v in prop.items() if k != "anyOf" and not (k == "default" and v is None)}
+    if len(branches) == 1:
+        return {**branches[0], **rest}
+    return {**rest, "anyOf": branches}
+
+
 def build_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every API route registered on `app`."""
     models: list[tuple[type[BaseModel], str]] = [(ErrorOut, "serialization")]
@@ -81,16 +93,28 @@ def build_document(app: Flask) -> dict[str, Any]:
             required = set(query_schema.get("required", []))
             for name, prop in query_schema.get("properties", {}).items():
                 parameters.append(
-                    {"name": name, "in": "query", "required": name in required, "schema": prop}
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in required,
+                        "schema": _query_value_schema(prop),
+                    }
                 )
         success: dict[str, Any] = {"description": spec.summary}
         if spec.response is not None:
             success["content"] = {
                 "application/json": {"schema": ref(spec.response, "serialization")}
             }
-        elif spec.produces != "application/json":
-            success["content"] = {spec.produces: {"schema": {"type": "string"}}}
+        elif spec.produces:
+            success["content"] = {
+                media_type: {"schema": schema} for media_type, schema in spec.produces.items()
+            }
         responses: dict[str, Any] = {str(spec.status): success}
+        for status, description in sorted(spec.responses.items()):
+            if 200 <= status < 300 and status != spec.status:
+                responses[str(status)] = {**success, "description": description}
+            elif 300 <= status < 400:  # a redirect or 304: no body
+                responses[str(status)] = {"description": description}
         for status in sorted(_error_statuses(spec, bool(rule.arguments))):
             responses[str(status)] = {
                 "description": ERROR_DESCRIPTIONS.get(status, spec.responses.get(status, "")),

@@ -61,6 +61,7 @@ def _request(body: RolloutCreateIn, principal: Principal | None = None) -> dict[
     scope=READ,
     body=RolloutCreateIn,
     response=RolloutPlanOut,
+    responses={409: "bundle_<status>: the bundle is not compiled"},
 )
 def plan(principal: Principal, slug: str, body: RolloutCreateIn) -> dict[str, Any]:
     project = visible_project(principal, slug)
@@ -138,6 +139,7 @@ def show(principal: Principal, slug: str, rollout_id: str) -> dict[str, Any]:
     scope=WRITE,
     body=RolloutActionIn,
     response=RolloutOut,
+    responses={409: "rollout_<state>: only a running rollout can be paused"},
 )
 def pause(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
@@ -154,6 +156,7 @@ def pause(principal: Principal, slug: str, rollout_id: str, body: RolloutActionI
     scope=WRITE,
     body=RolloutResumeIn,
     response=RolloutOut,
+    responses={409: "rollout_<state>, approval_<state>, awaiting_promotion"},
 )
 def resume(principal: Principal, slug: str, rollout_id: str, body: RolloutResumeIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
@@ -172,6 +175,7 @@ def resume(principal: Principal, slug: str, rollout_id: str, body: RolloutResume
     scope=WRITE,
     body=RolloutActionIn,
     response=RolloutOut,
+    responses={409: "rollout_<state>: the rollout already ended"},
 )
 def cancel(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
@@ -188,6 +192,7 @@ def cancel(principal: Principal, slug: str, rollout_id: str, body: RolloutAction
     scope=WRITE,
     body=RolloutApproveIn,
     response=RolloutOut,
+    responses={409: "rollout_<state>, approval_<state>, self_approval, already_approved"},
 )
 def approve(principal: Principal, slug: str, rollout_id: str, body: RolloutApproveIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
@@ -204,6 +209,7 @@ def approve(principal: Principal, slug: str, rollout_id: str, body: RolloutAppro
     scope=WRITE,
     body=RolloutRejectIn,
     response=RolloutOut,
+    responses={409: "rollout_<state>, approval_<state>"},
 )
 def reject(principal: Principal, slug: str, rollout_id: str, body: RolloutRejectIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
@@ -220,6 +226,7 @@ def reject(principal: Principal, slug: str, rollout_id: str, body: RolloutReject
     scope=WRITE,
     body=RolloutActionIn,
     response=RolloutOut,
+    responses={409: "rollout_<state>, not_awaiting_promotion"},
 )
 def promote(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
@@ -236,6 +243,7 @@ def promote(principal: Principal, slug: str, rollout_id: str, body: RolloutActio
     scope=WRITE,
     body=RolloutActionIn,
     response=RolloutOut,
+    responses={409: "rollout_<state>, rollout_is_rollback, nodes_busy"},
 )
 def rollback(principal: Principal, slug: str, rollout_id: str, body: RolloutActionIn) -> Any:
     rollout = _rollout(principal, slug, rollout_id)
@@ -317,6 +325,7 @@ def list_templates(principal: Principal, slug: str) -> dict[str, Any]:
     body=RolloutTemplateIn,
     response=RolloutTemplateOut,
     status=201,
+    responses={409: "template_exists"},
 )
 def add_template(principal: Principal, slug: str, body: RolloutTemplateIn) -> tuple[Any, int]:
     project = visible_project(principal, slug)

@@ -117,6 +117,7 @@ def show_config(principal: Principal, slug: str) -> dict[str, Any]:
     scope=ADMIN,
     body=GitOpsConfigIn,
     response=GitOpsConfigOut,
+    responses={201: "Created: the project had no GitOps configuration"},
 )
 def put_config(principal: Principal, slug: str, body: GitOpsConfigIn) -> tuple[dict[str, Any], int]:
     project = visible_project(principal, slug)
@@ -230,9 +231,11 @@ REGISTRY[f"{bp.name}.github_webhook"] = RouteSpec(
     response=WebhookOut,
     status=202,
     responses={
+        200: "`ping` answered (pong), or the event ignored (with the reason)",
         401: "Signature missing or matching no project (invalid_signature)",
         409: "version_taken",
         502: "Fetching the repository from GitHub failed (fetch_failed)",
     },
     tags=(bp.name,),
+    max_body=gitops.MAX_WEBHOOK_BODY,
 )

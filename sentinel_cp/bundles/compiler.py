@@ -148,7 +148,7 @@ def _retry(actor: Actor, bundle: Bundle, now: datetime) -> None:
         .where(Bundle.id == bundle.id, Bundle.status == "failed")
         .values(status="pending", compile_attempts=0, errors=[], output={})
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ).rowcount  # type: ignore[attr-defined]
     if retried != 1:
         return
     audit.record(
