@@ -14,10 +14,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import api_auth, console_live, heartbeat, propagation, validate
+from bench import (
+    api_auth,
+    console_live,
+    heartbeat,
+    propagation,
+    scale_out,
+    tick_cost,
+    validate,
+)
 from bench import compile as bundle_compile
 
-BENCHMARKS = (api_auth, validate, heartbeat, bundle_compile, propagation, console_live)
+BENCHMARKS = (
+    api_auth,
+    validate,
+    heartbeat,
+    bundle_compile,
+    propagation,
+    tick_cost,
+    scale_out,
+    console_live,
+)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ step on node reports and heartbeats, pause on failures, operator actions, confli
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from bundle_helpers import (
     setup_project,
     submit,
 )
-from conftest import bearer, make_key, make_user
+from conftest import bearer, make_key, make_project, make_user
 from sqlalchemy import func, select, update
 
 from sentinel_cp.audit import AuditLog
@@ -549,3 +550,198 @@ def test_a_tick_on_a_baking_step_stops_after_refreshing_the_verdict(
         actions = engine.tick(uuid.UUID(rollout_id))
     assert len(actions) == 1 and isinstance(actions[0], RecordGates)
     assert actions[0].changed is False
+
+
+# --- fleet scale: what a tick reads must not grow with the fleet ----------------------------
+
+
+def seed_fleet(app: Any, slug: str, nodes: int) -> tuple[uuid.UUID, str]:
+    """A project of `nodes` online nodes (one insert, no HTTP) and a compiled bundle row (as
+    the compile job leaves it; nothing here downloads it)."""
+    from sentinel_cp.bundles.models import Bundle
+
+    project_id = uuid.UUID(make_project(app, slug))
+    now = utcnow()
+    bundle_id = f"{nodes:064x}"
+    with app.app_context():
+        db.session.execute(
+            Node.__table__.insert(),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "project_id": project_id,
+                    "name": f"{slug}-{i:03d}",
+                    "labels": {},
+                    "capabilities": [],
+                    "metadata": {},
+                    "status": "online",
+                    "registered_at": now,
+                    "last_heartbeat_at": now,
+                    "health": {"status": "healthy"},
+                    "metrics": {"error_rate": 0.1},
+                }
+                for i in range(nodes)
+            ],
+        )
+        db.session.add(
+            Bundle(
+                id=bundle_id,
+                project_id=project_id,
+                version="v1",
+                status="compiled",
+                size_bytes=0,
+                storage_key=f"test/{bundle_id}",
+                files={},
+                manifest={},
+                config_sha256=bundle_id,
+                signature="test-signature",
+                signing_key_id="test-key",
+            )
+        )
+        db.session.commit()
+    return project_id, bundle_id
+
+
+def tick_reads(app: Any, rollout_id: uuid.UUID) -> tuple[list[str], int, list[str]]:
+    """One tick: its actions, the SQL statements it ran and how many delivery rows it loaded
+    as ORM objects."""
+    from sqlalchemy import event
+
+    from sentinel_cp.rollouts import engine
+
+    statements: list[str] = []
+    loaded: list[object] = []
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    def load(target: object, context: Any) -> None:
+        loaded.append(target)
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", executed)
+        event.listen(NodeBundleStatus, "load", load)
+        try:
+            actions = [type(a).__name__ for a in engine.tick(rollout_id)]
+        finally:
+            event.remove(db.engine, "before_cursor_execute", executed)
+            event.remove(NodeBundleStatus, "load", load)
+    return actions, len(loaded), statements
+
+
+def fleet_ticks(app: Any, nodes: int) -> dict[str, tuple[int, int, frozenset[str]]]:
+    """An all-at-once rollout over `nodes` nodes: its first tick (assigns), a tick with nothing
+    changed, and the tick after every node verified; per tick (statements, ORM delivery rows
+    loaded, distinct statement texts)."""
+    from sentinel_cp.audit import Actor
+    from sentinel_cp.projects import Project
+    from sentinel_cp.rollouts import engine
+
+    project_id, bundle_id = seed_fleet(app, f"fleet-{nodes}", nodes)
+    with app.app_context():
+        rollout_id = engine.create(
+            Actor.system("test"),
+            db.session.get(Project, project_id),
+            {"bundle_id": bundle_id, "config": {"strategy": "all_at_once", "bake_s": 0}},
+        ).id
+        db.session.commit()
+    result = {}
+    for kind, expected in (
+        ("first", ["StartStep"]),
+        ("steady", []),
+        ("verified", ["StartBaking", "CompleteStep", "Complete"]),
+    ):
+        if kind == "verified":
+            with app.app_context():
+                # what the reports and the next heartbeat leave behind, written in bulk
+                now = utcnow()
+                db.session.execute(
+                    update(NodeBundleStatus)
+                    .where(NodeBundleStatus.rollout_id == rollout_id)
+                    .values(
+                        state="verified",
+                        activated_at=now - timedelta(seconds=2),
+                        verified_at=now,
+                    )
+                )
+                db.session.execute(
+                    update(Node)
+                    .where(Node.project_id == project_id)
+                    .values(
+                        active_bundle_id=bundle_id, last_heartbeat_at=now - timedelta(seconds=1)
+                    )
+                )
+                db.session.commit()
+        actions, loaded, statements = tick_reads(app, rollout_id)
+        assert actions == expected, (kind, actions)
+        result[kind] = (len(statements), loaded, frozenset(statements))
+    with app.app_context():
+        assert db.session.get(Rollout, rollout_id).state == "completed"
+        assert set(
+            db.session.scalars(select(Node.expected_bundle_id).where(Node.project_id == project_id))
+        ) == {bundle_id}
+    return result
+
+
+def test_a_ticks_reads_do_not_grow_with_the_fleet(app: Any, backend: Any) -> None:
+    """10 or 50 nodes: the same number of statements per tick (no query per node), no ORM
+    object per delivery (the objects, and the garbage collections they set off, made a
+    10,000-node tick cost more per node than a 1,000-node one: bench/tick_cost.py), and on
+    PostgreSQL the same statement texts once nodes are assigned (one array parameter where
+    an IN list had one parameter per node)."""
+    small, large = fleet_ticks(app, 10), fleet_ticks(app, 50)
+    for kind in ("first", "steady", "verified"):
+        assert small[kind][0] == large[kind][0], (kind, small[kind][0], large[kind][0])
+        assert small[kind][1] == large[kind][1] == 0, (kind, small[kind][1], large[kind][1])
+    if backend.name == "postgres":
+        # the first tick's assignment (bundles/distribution.assign) still lists the node ids
+        for kind in ("steady", "verified"):
+            assert small[kind][2] == large[kind][2], kind
+
+
+def test_a_tick_that_waited_for_the_lock_acts_after_the_tick_it_waited_for(
+    app: Any, backend: Any
+) -> None:
+    """Ticks are serialised by the rollout's row lock, and a tick reads the clock once it holds
+    the lock: one that waited for another never starts a step before the previous one finished
+    (bench/scale_out.py, two workers: a step "started" 0.5 s before its predecessor finished)."""
+    from unittest import mock
+
+    from sentinel_cp.audit import Actor
+    from sentinel_cp.projects import Project
+    from sentinel_cp.rollouts import engine
+    from sentinel_cp.rollouts.models import RolloutStep
+
+    project_id, bundle_id = seed_fleet(app, "locked", 4)
+    with app.app_context():
+        rollout_id = engine.create(
+            Actor.system("test"),
+            db.session.get(Project, project_id),
+            {"bundle_id": bundle_id, "config": {"strategy": "rolling", "batch_size": 2}},
+        ).id
+        db.session.commit()
+    assert tick_reads(app, rollout_id)[0] == ["StartStep"]
+    lock = engine._lock
+    waited: list[bool] = []
+
+    def lock_after_another_tick(rollout_id: uuid.UUID, now: Any) -> Any:
+        if not waited:  # what another worker's tick commits while this one waits for the lock
+            waited.append(True)
+            with db.engine.begin() as other:
+                other.execute(
+                    update(RolloutStep)
+                    .where(RolloutStep.rollout_id == rollout_id, RolloutStep.index == 0)
+                    .values(state="completed", finished_at=utcnow())
+                )
+        return lock(rollout_id, now)
+
+    with app.app_context(), mock.patch.object(engine, "_lock", lock_after_another_tick):
+        assert [type(a).__name__ for a in engine.tick(rollout_id)] == ["StartStep"]
+    with app.app_context():
+        first, second = db.session.scalars(
+            select(RolloutStep)
+            .where(RolloutStep.rollout_id == rollout_id)
+            .order_by(RolloutStep.index)
+        ).all()
+    assert (first.state, second.state) == ("completed", "running")
+    assert second.started_at >= first.finished_at, (second.started_at, first.finished_at)

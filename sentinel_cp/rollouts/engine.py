@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Uuid, and_, any_, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from sentinel_cp import audit, events, jobqueue, notifications
 from sentinel_cp.audit import Actor
@@ -300,6 +301,24 @@ def _deliveries(rollout_id: uuid.UUID) -> dict[uuid.UUID, NodeBundleStatus]:
     return {row.node_id: row for row in rows}
 
 
+def _delivery_states(rollout_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+    """What a tick reads of the newest delivery per node, as plain rows (node_id, state,
+    activated_at, reason): an ORM object per node, and the garbage collections that many
+    objects set off, made a 10,000-node tick cost more per node than a 1,000-node one
+    (bench/tick_cost.py)."""
+    rows = db.session.execute(
+        select(
+            NodeBundleStatus.node_id,
+            NodeBundleStatus.state,
+            NodeBundleStatus.activated_at,
+            NodeBundleStatus.reason,
+        )
+        .where(NodeBundleStatus.rollout_id == rollout_id)
+        .order_by(NodeBundleStatus.id)
+    ).all()
+    return {row.node_id: row for row in rows}
+
+
 def _node_rows(node_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
     from sentinel_cp.nodes import Node
 
@@ -314,9 +333,18 @@ def _node_rows(node_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
             Node.last_heartbeat_at,
             Node.health,
             Node.metrics,
-        ).where(Node.id.in_(node_ids))
+        ).where(_among(Node.id, node_ids))
     ).all()
     return {row.id: row for row in rows}
+
+
+def _among(column: Any, ids: Sequence[uuid.UUID]) -> Any:
+    """`column IN ids`; on PostgreSQL one array parameter (`= ANY(…)`), not a bind parameter
+    per node: the statement stays the same text for any fleet, and its per-node cost flat
+    (reading 10,000 ids: 16 µs of CPU per node with the list, 3.4 with the array)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(list(ids), ARRAY(Uuid())))
+    return column.in_(ids)
 
 
 def _freeze_active(project_id: uuid.UUID, now: datetime) -> bool:
@@ -332,7 +360,7 @@ def build_view(rollout: Rollout, steps: list[RolloutStep], now: datetime) -> Rol
     bundle_status = db.session.scalar(select(Bundle.status).where(Bundle.id == rollout.bundle_id))
     all_ids = [uuid.UUID(n) for step in steps for n in step.node_ids]
     rows = _node_rows(all_ids)
-    deliveries = _deliveries(rollout.id)
+    deliveries = _delivery_states(rollout.id)
     project = db.session.get(Project, rollout.project_id)
     assert project is not None
 
@@ -345,7 +373,7 @@ def build_view(rollout: Rollout, steps: list[RolloutStep], now: datetime) -> Rol
             node_id=node_id,
             name=row.name if row else str(node_id),
             online=bool(row and row.status == "online"),
-            state=delivery.state if delivery else "pending",  # type: ignore[arg-type]
+            state=delivery.state if delivery else "pending",
             active_bundle_id=row.active_bundle_id if row else None,
             activated_at=delivery.activated_at if delivery else None,
             last_heartbeat_at=row.last_heartbeat_at if row else None,
@@ -404,11 +432,13 @@ def tick(rollout_id: uuid.UUID, *, now: datetime | None = None) -> list[Action]:
     """Advance one rollout as far as it can go now; returns the actions applied."""
     applied: list[Action] = []
     for _ in range(MAX_ACTIONS_PER_TICK):
-        moment = now or utcnow()
-        rollout = _lock(rollout_id, moment)
+        rollout = _lock(rollout_id, now or utcnow())
         if rollout is None or rollout.state != "running":
             db.session.rollback()
             break
+        # The clock is read once the lock is held: a tick that waited for another acts after
+        # it, never at an instant before the changes it now reads.
+        moment = now or utcnow()
         steps = _steps(rollout.id)
         view = build_view(rollout, steps, moment)
         action = decide(view, moment)
@@ -567,7 +597,7 @@ def _skip(
     db.session.execute(
         update(Node)
         .where(
-            Node.id.in_(list(node_ids)),
+            _among(Node.id, node_ids),
             Node.assigned_bundle_id == bundle.id,
             Node.assigned_rollout_id == rollout.id,
         )
@@ -598,7 +628,7 @@ def _expect(rollout: Rollout, steps: list[RolloutStep], node_ids: Sequence[uuid.
     for target, ids in by_target.items():
         db.session.execute(
             update(Node)
-            .where(Node.id.in_(ids))
+            .where(_among(Node.id, ids))
             .values(expected_bundle_id=target)
             .execution_options(synchronize_session=False)
         )
@@ -791,7 +821,13 @@ def _create_rollback(actor: Actor, original: Rollout, now: datetime) -> Rollout:
         previous = (
             db.session.get(Bundle, row.previous_bundle_id) if row.previous_bundle_id else None
         )
-        if previous is not None and previous.distributable:
+        # The previous id is what the node reported running: a node may name any bundle,
+        # even another project's, and a rollback must never go there.
+        if (
+            previous is not None
+            and previous.project_id == original.project_id
+            and previous.distributable
+        ):
             targets[str(row.node_id)] = previous.id
         else:
             unassigned.append(str(row.node_id))
@@ -1040,7 +1076,7 @@ def sweep(*, now: datetime | None = None) -> dict[str, int]:
 def describe(rollout: Rollout) -> dict[str, Any]:
     """The rollout with its steps (each with its nodes), progress and the latest gates."""
     steps = _steps(rollout.id)
-    deliveries = _deliveries(rollout.id)
+    deliveries = _delivery_states(rollout.id)
     rows = _node_rows([uuid.UUID(n) for step in steps for n in step.node_ids])
     progress = {"total": 0, "pending": 0, "in_progress": 0, "verified": 0, "failed": 0}
     progress["skipped"] = 0
