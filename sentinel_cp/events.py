@@ -41,20 +41,31 @@ def publish_after_commit(project_id: object, kind: str, ident: object, state: st
 
 
 def publish_now(payload: dict[str, Any]) -> None:
-    if not broker.is_configured():
+    send([payload])
+
+
+def send(payloads: list[dict[str, Any]]) -> None:
+    """Publish in one round trip (a pipeline): a tick that assigns 10,000 nodes commits 10,000
+    events, which cost 10,000 round trips one by one."""
+    if not payloads or not broker.is_configured():
         # One-shot commands (`sentinel-cp setup`, `create-user`) run without Redis; nobody is
         # listening to them, and the state they wrote is what every reader loads anyway.
         return
     try:
-        broker.connection().publish(CHANNEL, json.dumps(payload))
+        if len(payloads) == 1:
+            broker.connection().publish(CHANNEL, json.dumps(payloads[0]))
+            return
+        pipe = broker.connection().pipeline(transaction=False)
+        for payload in payloads:
+            pipe.publish(CHANNEL, json.dumps(payload))
+        pipe.execute()
     except redis.RedisError as exc:
-        log.warning("event not published: %s", exc.__class__.__name__)
+        log.warning("%d event(s) not published: %s", len(payloads), exc.__class__.__name__)
 
 
 @event.listens_for(Session, "after_commit")
 def _publish_pending(session: Session) -> None:
-    for payload in session.info.pop(_PENDING, []):
-        publish_now(payload)
+    send(session.info.pop(_PENDING, []))
 
 
 @event.listens_for(Session, "after_rollback")

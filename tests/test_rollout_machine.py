@@ -154,8 +154,8 @@ class Outbox:
     def enqueue(self, name: str, args: tuple[Any, ...], job_id: str, queue: str) -> None:
         self.jobs.append((name, args, job_id, queue))
 
-    def publish(self, payload: dict[str, Any]) -> None:
-        self.events.append(payload)
+    def publish(self, payloads: list[dict[str, Any]]) -> None:
+        self.events.extend(payloads)
 
 
 def may_move(current: str, new: str) -> bool:
@@ -1118,7 +1118,7 @@ def machine(app: Any, backend: Any) -> Iterator[type[RolloutMachine]]:
     )
     with (
         mock.patch.object(jobqueue, "_backend", outbox.enqueue),
-        mock.patch("sentinel_cp.events.publish_now", outbox.publish),
+        mock.patch("sentinel_cp.events.send", outbox.publish),
     ):
         yield bound
 
