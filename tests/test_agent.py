@@ -1276,11 +1276,10 @@ def test_agent_registers_heartbeats_and_survives_the_control_plane_going_away(
         assert saved.project == "default" and saved.url == server.url
         assert saved.signing_keys and saved.signing_keys[0].alg == "Ed25519"
 
-        # One session for every look: sessions live in the database and survive the restart.
-        operator = stack.enter_context(operator_client(server.url))
+        operators = [stack.enter_context(operator_client(server.url))]
 
         def node() -> dict[str, Any]:
-            response = operator.get(f"/api/v1/projects/default/nodes/{saved.node_id}")
+            response = operators[-1].get(f"/api/v1/projects/default/nodes/{saved.node_id}")
             assert response.status_code == 200, response.text
             return dict(response.json())
 
@@ -1307,6 +1306,11 @@ def test_agent_registers_heartbeats_and_survives_the_control_plane_going_away(
 
         server = start_server({}, server_tmp)  # same data directory, same port
         restarted_at = datetime.now(UTC)
+        # The embedded Redis stand-in starts empty, which ends every session (their ids carry
+        # its generation): the old cookie is refused and the operator logs in again.
+        stale = operators[-1].get(f"/api/v1/projects/default/nodes/{saved.node_id}")
+        assert stale.status_code == 401, stale.text
+        operators.append(stack.enter_context(operator_client(server.url)))
         wait_for(
             lambda: datetime.fromisoformat(node()["last_seen_at"]) > restarted_at,
             timeout=60,

@@ -60,6 +60,8 @@ from nicegui import ui
 from nicegui.testing import User
 from rollout_e2e_helpers import Fleet, Operator, operator, simulated_fleet
 
+from sentinel_cp.accounts import SCOPES
+
 if TYPE_CHECKING:
     from console_support import Console
 
@@ -101,6 +103,7 @@ class Infra:
     steady: ProbeNode  # heartbeats only when the test says (durability checks)
     through: ProbeNode  # probed all through every fault
     bundles: dict[str, str]  # version → bundle id
+    session_cookie: str  # the admin's login, from before any fault
     current: str | None = None  # the bundle every fleet node runs now
 
     def next_bundle(self) -> str:
@@ -138,6 +141,12 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             )
         )
         ops = resources.enter_context(operator(stack.server, PROJECT))
+        # The operator works with an API key (kept in PostgreSQL): a Redis that comes back
+        # empty ends every session, by design, and the Redis test checks that on this cookie.
+        key = ops.api.post("/api/v1/api-keys", json={"name": "faults", "scopes": list(SCOPES)})
+        assert key.status_code == 201, key.text
+        session_cookie = ops.api.headers.pop("Cookie")
+        ops.api.headers["Authorization"] = f"Bearer {key.json()['key']}"
         # Heartbeats every 5 s are expected and 15 s of silence is offline: a node whose
         # heartbeats an outage refused would be marked offline (and a rollout would see it).
         patched = ops.api.patch(
@@ -167,7 +176,9 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         ops.wait_online(NODES)
         for bundle_id in bundles.values():
             ops.wait_compiled(bundle_id)
-        yield Infra(redis_server, cluster, s3, stack, ops, fleet, steady, through, bundles)
+        yield Infra(
+            redis_server, cluster, s3, stack, ops, fleet, steady, through, bundles, session_cookie
+        )
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -175,14 +186,14 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 
 def start_probes(infra: Infra, probes: Probes) -> None:
     """What keeps calling through a fault: readiness, a node's heartbeat and poll, and the
-    operator API with the admin's session (rate limit and revocation checks need Redis)."""
-    cookie = infra.ops.api.headers["Cookie"]
+    operator API with an admin's API key (its rate limit needs Redis)."""
+    auth = {"Authorization": infra.ops.api.headers["Authorization"]}
     probes.add("ready", lambda http: http.get("/ready"))
     probes.add("heartbeat", infra.through.heartbeat, interval_s=1.05)  # the server allows 1/s
     probes.add("poll", infra.through.poll)
     probes.add(
         "operator",
-        lambda http: http.get(f"/api/v1/projects/{PROJECT}/nodes", headers={"Cookie": cookie}),
+        lambda http: http.get(f"/api/v1/projects/{PROJECT}/nodes", headers=auth),
     )
     for name in ("ready", "heartbeat", "poll", "operator"):
         probes.first_ok_after(name, 0, timeout=30)
@@ -371,6 +382,10 @@ def test_redis_away_30_s_keeps_nodes_served_and_the_rollout_resumes_when_it_is_b
         back = infra.redis_server.start()
         ready = probes.first_ok_after("ready", back, timeout=RECOVERY_TIMEOUT_S)
         api = probes.first_ok_after("operator", back, timeout=RECOVERY_TIMEOUT_S)
+        # Redis came back empty: the admin's session ended rather than forgetting revocations.
+        old_session = httpx.get(
+            f"{infra.stack.server.url}/api/v1/me", headers={"Cookie": infra.session_cookie}
+        )
         done = ops.wait_rollout(rollout_id, ("completed",), RECOVERY_TIMEOUT_S)
         rollout_s = (wall_for(done) - wall_back).total_seconds()
         resumed = first_rollout_action_after(infra, rollout_id, wall_back)
@@ -390,6 +405,7 @@ def test_redis_away_30_s_keeps_nodes_served_and_the_rollout_resumes_when_it_is_b
         assert {a.retry_after for a in outage[name]} == {"5"}
     assert {a.body["checks"]["redis"] != "ok" for a in outage["ready"]} == {True}
     assert {a.body["code"] for a in outage["operator"]} == {"unavailable"}
+    assert old_session.status_code == 401, old_session.text
     # No rollout transition while the queue was away; it finished afterwards.
     assert (
         rollout_actions_between(infra, rollout_id, wall_down + timedelta(seconds=2), wall_back)
@@ -640,7 +656,7 @@ def shown(user: User, marker: str) -> bool:
 async def test_the_console_shows_a_redis_outage_and_reloads_the_page_when_it_is_back(
     user: User, console: Console, console_redis: RedisProcess, tmp_path: Path
 ) -> None:
-    """Stopped (connections refused) and frozen (SIGSTOP: connections hang): either way the
+    """Frozen (SIGSTOP: connections hang) and stopped (connections refused): either way the
     page says live updates are interrupted, and once Redis answers again it shows what changed
     meanwhile, although no event about it was ever heard."""
     console.add_nodes(2, prefix="edge")
@@ -649,9 +665,11 @@ async def test_the_console_shows_a_redis_outage_and_reloads_the_page_when_it_is_
     await console.listener_ready()
     await user.should_not_see(marker="live-interrupted")
     online = next(e for e in user.find(marker="nodes-online").elements if isinstance(e, ui.label))
+    # Frozen first: a Redis that comes back empty ends every session (session ids carry its
+    # generation), so after "stopped" the page is on borrowed time until its session check.
     faults = {
-        "stopped": (console_redis.stop, console_redis.start),
         "frozen": (console_redis.freeze, console_redis.thaw),
+        "stopped": (console_redis.stop, console_redis.start),
     }
     measured: dict[str, float] = {}
     for fault, (break_redis, restore) in faults.items():
