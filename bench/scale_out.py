@@ -8,7 +8,7 @@ this bench creates and drops and on Redis `BENCH_FLEET_REDIS_URL` (db 6, flushed
 after). Every process shares the data directory (the signing secret), nothing else.
 
 The fleet: one `sentinel-cp simulate` process per api server (its own name prefix, half of N
-nodes each; N = 1,000, QUICK 200), so each server only ever sees its half. The operator (this
+nodes each; N = 1,000, QUICK 100), so each server only ever sees its half. The operator (this
 process) logs in on the first server, compiles a bundle, creates a `rolling` rollout
 (`batch_percent` 20: 5 steps, `bake_s` 0) and follows it there to `completed`.
 
@@ -87,7 +87,7 @@ from bench.propagation import (  # noqa: E402
 )
 from bench.tick_cost import REDIS_URL, owned_redis  # noqa: E402
 
-QUICK_NODES, FULL_NODES = 200, 1000
+QUICK_NODES, FULL_NODES = 100, 1000
 BATCH_PERCENT = 20  # 5 steps
 SAMPLE_S = 0.05
 
