@@ -149,11 +149,14 @@ def _import_models() -> None:
 
 
 def _install_dependency_handlers(app: Flask) -> None:
-    """A Redis call no domain function wrapped (they raise `Unavailable`) is still a dependency
-    being down: 503 + Retry-After JSON, like the database's OperationalError, never a 500."""
+    """A Redis call no domain function wrapped (they raise `Unavailable`) that could not reach
+    Redis is a dependency being down: 503 + Retry-After JSON, like the database's
+    OperationalError. Other Redis errors (a wrong type, a failing script) are bugs, not outages:
+    they stay 500s rather than invite clients to retry forever."""
     import redis
 
-    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
     def redis_unavailable(exc: redis.RedisError) -> Response:
         logging.getLogger("sentinel_cp.http").warning(
             "Redis unavailable: %s", exc.__class__.__name__

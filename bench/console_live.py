@@ -425,7 +425,15 @@ def measure(*, quick: bool) -> dict[str, Any]:
         api = _login(server.url)
         fleet: Group | None = None
         try:
-            _settings(api, heartbeat_interval_s=interval_s, staleness_timeout_s=STALENESS_S)
+            # The probes go offline after the shortest staleness timeout, which needs the
+            # shortest heartbeat interval; the fleet keeps its own interval (the simulator's
+            # argument, never shortened by a poll interval below it).
+            _settings(
+                api,
+                heartbeat_interval_s=SHORTEST_INTERVAL_S,
+                staleness_timeout_s=STALENESS_S,
+                poll_interval_s=max(30, interval_s),
+            )
             token = _registration_token(server.url)
             # Each probe is used once; one more warms the page up (not counted).
             with _probes(server.url, token, 2 * samples + 1) as probes, chromium() as driver:

@@ -32,6 +32,9 @@ bp = Blueprint("session", __name__, url_prefix="/api/v1")
 )
 def login(body: LoginIn) -> dict[str, str]:
     auth.check_same_origin()
+    # Before the login is committed (and audited): it needs Redis, and a login that cannot get
+    # a session id must not be recorded as one that succeeded.
+    sid = sessions.new_session_id()
     try:
         user = accounts.authenticate(body.email, body.password, address=auth.client_address())
     except Unauthorized:
@@ -40,7 +43,7 @@ def login(body: LoginIn) -> dict[str, str]:
     db.session.commit()
     session.clear()
     session.permanent = True
-    session["sid"] = sessions.new_session_id()
+    session["sid"] = sid
     login_user(user)
     return {"id": str(user.id), "email": user.email, "role": user.role}
 

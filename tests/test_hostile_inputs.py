@@ -148,9 +148,10 @@ def test_the_agent_refuses_the_archive_and_writes_nothing(name: str, tmp_path: P
     assert peak < BOMB_PEAK_BYTES, peak
 
 
-def test_the_zstd_bombs_are_stopped_by_a_size_cap() -> None:
-    """Each bomb's expected refusal names a cap: the byte budget, the extended-header cap or
-    the sparse refusal (a sparse member's holes are bytes the stream never carried)."""
+def test_every_bomb_case_expects_a_cap_refusal() -> None:
+    """The corpus table: each bomb's expected refusal names a cap (the byte budget, the
+    extended-header cap or the sparse refusal). That the agent refuses each one so, within
+    BOMB_PEAK_BYTES, is `test_the_agent_refuses_the_archive_and_writes_nothing`'s."""
     bombs = [ARCHIVE_FILES[n] for n in BOMBS if n.endswith(".tar.zst")]
     assert len(bombs) >= 6
     for case in bombs:

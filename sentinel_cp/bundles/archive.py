@@ -305,7 +305,9 @@ def read_archive(
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     max_entries: int = DEFAULT_MAX_ENTRIES,
 ) -> dict[str, bytes]:
-    """The files ({path: bytes}, without `manifest.json`) of an archive, checked as a node does.
+    """The files ({path: bytes}, without `manifest.json`) of an archive, checked much as a node
+    does (extended tar headers are allowed up to the upload cap, 64 KiB, not the node's 16 KiB:
+    archives we build carry none).
 
     Refuses (with `Invalid`) anything but regular files, absolute or `..` paths, links,
     devices, sparse members, malformed or chained extended headers, more than `max_entries`

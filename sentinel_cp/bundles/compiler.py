@@ -82,9 +82,7 @@ def submit(
     archive = build_archive(str(project.id), files)
     found = db.session.get(Bundle, archive.bundle_id)
     if found is not None:
-        if _failed_for_storage(found):
-            _retry(actor, found, now)
-        return found, True
+        return _existing(actor, found, now), True
     _require_free_version(project.id, version)
     bundle = Bundle(
         id=archive.bundle_id,
@@ -108,7 +106,7 @@ def submit(
         # Someone submitted the same content or took the version in the meantime.
         found = db.session.get(Bundle, archive.bundle_id)
         if found is not None:
-            return found, True
+            return _existing(actor, found, now), True
         raise Conflict(f"Version {version} already exists", code="version_taken") from None
     audit.record(
         actor,
@@ -128,6 +126,13 @@ def submit(
     events.publish_after_commit(project.id, "bundle", bundle.id, "pending")
     request_compile(bundle.id)
     return bundle, False
+
+
+def _existing(actor: Actor, bundle: Bundle, now: datetime) -> Bundle:
+    """The bundle with identical content, retried first if only storage failed it."""
+    if _failed_for_storage(bundle):
+        _retry(actor, bundle, now)
+    return bundle
 
 
 def _failed_for_storage(bundle: Bundle) -> bool:

@@ -437,8 +437,10 @@ def tick(rollout_id: uuid.UUID, *, now: datetime | None = None) -> list[Action]:
             db.session.rollback()
             break
         # The clock is read once the lock is held: a tick that waited for another acts after
-        # it, never at an instant before the changes it now reads.
+        # it, never at an instant before the changes it now reads (nor leaves `updated_at`
+        # older than that tick's).
         moment = now or utcnow()
+        rollout.updated_at = moment
         steps = _steps(rollout.id)
         view = build_view(rollout, steps, moment)
         action = decide(view, moment)
