@@ -37,6 +37,7 @@ import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent import tarsafety
 from agent.client import SigningKey
 
 SIGNATURE_CONTEXT = "sentinel-bundle-v1"
@@ -52,21 +53,9 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 # A pax or GNU long-name header: the control plane writes one `path` record (≤ 300 bytes) and
 # only for a long path. Bounds what tarfile reads into memory for a header it parses itself.
 MAX_EXTENDED_HEADER_BYTES = 16 * 1024
-# Extended headers in front of one member (tarfile reads a chain of them recursively).
-MAX_CHAINED_HEADERS = 8
-# tarfile's pax regexes (Python < 3.11.10, CVE-2024-6232) are quadratic in long digit runs.
-MAX_PAX_DIGIT_RUN = 64
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-_EXTENDED_TYPES = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-)
-_DIGIT_RUN = re.compile(rb"[0-9]{%d}" % (MAX_PAX_DIGIT_RUN + 1))
 _CHUNK = 64 * 1024
 
 
@@ -212,82 +201,14 @@ class _Budget(io.RawIOBase):
         return len(chunk)
 
 
-def pax_records_problem(records: bytes) -> str | None:
-    """Why the records of a pax header are not acceptable (None when they are), in one pass.
+class StrictTarInfo(tarsafety.StrictTarInfo):
+    """`agent.tarsafety.StrictTarInfo` with the node's cap and its refusal type."""
 
-    Each record must be `"<length> <keyword>=<value>\\n"` with a true length. GNU sparse
-    records are refused (a sparse member expands holes the stream never carried, and tarfile
-    parses their maps with bare `int()`), as is a `size` that is not a plain decimal.
-    """
-    position = 0
-    while position < len(records):
-        space = records.find(b" ", position, position + 21)
-        digits = records[position:space] if space > position else b""
-        if not (digits.isdigit() and digits.isascii()):
-            return "malformed pax header"
-        end = position + int(digits)
-        equals = records.find(b"=", space + 1, end)
-        if end > len(records) or equals <= space + 1 or records[end - 1 : end] != b"\n":
-            return "malformed pax header"
-        keyword, value = records[space + 1 : equals], records[equals + 1 : end - 1]
-        if keyword.startswith(b"GNU.sparse."):
-            return "sparse entries are not accepted"
-        if keyword == b"size" and not (value.isdigit() and value.isascii()):
-            return "malformed pax header"
-        position = end
-    if _DIGIT_RUN.search(records) is not None:
-        return "malformed pax header"
-    return None
+    max_extended_header_bytes = MAX_EXTENDED_HEADER_BYTES
 
-
-class _CheckedRead:
-    """Stands in for the archive stream for exactly one read: the pax header's records, which
-    are checked before tarfile's own parser sees them. Puts the real stream back at once."""
-
-    def __init__(self, archive: tarfile.TarFile, size: int) -> None:
-        self.archive = archive
-        self.inner = archive.fileobj
-        self.size = size
-
-    def read(self, length: int) -> bytes:
-        self.archive.fileobj = self.inner
-        data = self.inner.read(length)
-        problem = pax_records_problem(data[: self.size])
-        if problem is not None:
-            raise BundleRejected(problem)
-        return data
-
-
-class StrictTarInfo(tarfile.TarInfo):
-    """A `TarInfo` that refuses, before tarfile acts on them, the header forms a bundle never
-    holds and tarfile handles badly on hostile input: sparse members, negative sizes, huge or
-    malformed extended headers, and chains of them (which tarfile follows by recursion)."""
-
-    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.size < 0:
-            raise BundleRejected("negative entry size")
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise BundleRejected("sparse entries are not accepted")
-        if self.type not in _EXTENDED_TYPES:
-            return super()._proc_member(archive)  # type: ignore[misc]
-        if self.size > MAX_EXTENDED_HEADER_BYTES:
-            raise BundleRejected(f"extended header larger than {MAX_EXTENDED_HEADER_BYTES} bytes")
-        depth = getattr(archive, "_sentinel_header_depth", 0)
-        if depth >= MAX_CHAINED_HEADERS:
-            raise BundleRejected(f"more than {MAX_CHAINED_HEADERS} extended headers in a row")
-        archive._sentinel_header_depth = depth + 1  # type: ignore[attr-defined]
-        try:
-            return super()._proc_member(archive)  # type: ignore[misc]
-        finally:
-            archive._sentinel_header_depth = depth  # type: ignore[attr-defined]
-
-    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        archive.fileobj = _CheckedRead(archive, self.size)  # type: ignore[assignment]
-        try:
-            return super()._proc_pax(archive)  # type: ignore[misc]
-        finally:
-            if isinstance(archive.fileobj, _CheckedRead):
-                archive.fileobj = archive.fileobj.inner
+    @staticmethod
+    def refused(problem: str) -> Exception:
+        return BundleRejected(problem)
 
 
 def check_entry_name(name: str) -> str:

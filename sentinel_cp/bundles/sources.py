@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent import tarsafety
 from sentinel_cp.errors import Invalid
 
 if TYPE_CHECKING:
@@ -57,18 +58,6 @@ TAR_OVERHEAD_FIXED = 20480
 # A pax or GNU long-name header: tools write a few records (a path, times, a few xattrs), well
 # under this. Bounds what tarfile reads into memory for a header it parses itself.
 MAX_EXTENDED_HEADER_BYTES = 64 * 1024
-# Extended headers in front of one member (tarfile reads a chain of them recursively).
-MAX_CHAINED_HEADERS = 8
-# tarfile's pax regexes (Python < 3.11.10, CVE-2024-6232) are quadratic in long digit runs.
-MAX_PAX_DIGIT_RUN = 64
-_EXTENDED_TYPES = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-)
-_DIGIT_RUN = re.compile(rb"[0-9]{%d}" % (MAX_PAX_DIGIT_RUN + 1))
 
 
 @dataclass(frozen=True)
@@ -295,86 +284,14 @@ def _archive_refused(problem: str) -> Invalid:
     return Invalid(f"The archive is refused: {problem}", fields={"archive": [problem]})
 
 
-def pax_records_problem(records: bytes) -> str | None:
-    """Why the records of a pax header are not acceptable (None when they are), in one pass.
-
-    Each record must be `"<length> <keyword>=<value>\\n"` with a true length. GNU sparse
-    records are refused (a sparse member expands holes the stream never carried, and tarfile
-    parses their maps with bare `int()`), as is a `size` that is not a plain decimal.
-    """
-    position = 0
-    while position < len(records):
-        space = records.find(b" ", position, position + 21)
-        digits = records[position:space] if space > position else b""
-        if not (digits.isdigit() and digits.isascii()):
-            return "malformed pax header"
-        end = position + int(digits)
-        equals = records.find(b"=", space + 1, end)
-        if end > len(records) or equals <= space + 1 or records[end - 1 : end] != b"\n":
-            return "malformed pax header"
-        keyword, value = records[space + 1 : equals], records[equals + 1 : end - 1]
-        if keyword.startswith(b"GNU.sparse."):
-            return "sparse files are not accepted"
-        if keyword == b"size" and not (value.isdigit() and value.isascii()):
-            return "malformed pax header"
-        position = end
-    if _DIGIT_RUN.search(records) is not None:
-        return "malformed pax header"
-    return None
-
-
-class _CheckedRead:
-    """Stands in for the archive stream for exactly one read: the pax header's records, which
-    are checked before tarfile's own parser sees them. Puts the real stream back at once."""
-
-    def __init__(self, archive: tarfile.TarFile, size: int) -> None:
-        self.archive = archive
-        self.inner = archive.fileobj
-        self.size = size
-
-    def read(self, length: int) -> bytes:
-        self.archive.fileobj = self.inner
-        assert self.inner is not None
-        data: bytes = self.inner.read(length)
-        problem = pax_records_problem(data[: self.size])
-        if problem is not None:
-            raise _archive_refused(problem)
-        return data
-
-
-class StrictTarInfo(tarfile.TarInfo):
-    """A `TarInfo` that refuses, before tarfile acts on them, the header forms a bundle never
-    holds and tarfile handles badly on hostile input: sparse members, negative sizes, huge or
-    malformed extended headers, and chains of them (which tarfile follows by recursion).
+class StrictTarInfo(tarsafety.StrictTarInfo):
+    """`agent.tarsafety.StrictTarInfo` with the upload's cap, refusing with a 422 `Invalid`.
 
     Shared by the `.tar.gz` submission path and `archive.read_archive`.
     """
 
-    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.size < 0:
-            raise _archive_refused("negative entry size")
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise _archive_refused("sparse files are not accepted")
-        if self.type not in _EXTENDED_TYPES:
-            return super()._proc_member(archive)  # type: ignore[misc]
-        if self.size > MAX_EXTENDED_HEADER_BYTES:
-            raise _archive_refused(f"extended header larger than {MAX_EXTENDED_HEADER_BYTES} bytes")
-        depth = getattr(archive, "_sentinel_header_depth", 0)
-        if depth >= MAX_CHAINED_HEADERS:
-            raise _archive_refused(f"more than {MAX_CHAINED_HEADERS} extended headers in a row")
-        archive._sentinel_header_depth = depth + 1  # type: ignore[attr-defined]
-        try:
-            return super()._proc_member(archive)  # type: ignore[misc]
-        finally:
-            archive._sentinel_header_depth = depth  # type: ignore[attr-defined]
-
-    def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        archive.fileobj = _CheckedRead(archive, self.size)  # type: ignore[assignment]
-        try:
-            return super()._proc_pax(archive)  # type: ignore[misc]
-        finally:
-            if isinstance(archive.fileobj, _CheckedRead):
-                archive.fileobj = archive.fileobj.inner
+    max_extended_header_bytes = MAX_EXTENDED_HEADER_BYTES
+    refused = staticmethod(_archive_refused)
 
 
 def _member_kind_problem(member: tarfile.TarInfo) -> str | None:
