@@ -28,10 +28,18 @@ from typing import Any
 from sqlalchemy import Index, Integer, String, event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from sentinel_cp import events
-from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
+from sentinel_cp.db import (
+    JSONType,
+    UTCDateTime,
+    db,
+    new_id,
+    queue_for_commit,
+    take_committed,
+    utcnow,
+)
 from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
 
 GLOBAL_CHAIN = "global"
@@ -170,7 +178,6 @@ def record(
     """Queue one audit row in the caller's transaction; it is chained and written when the
     caller commits, and dropped with the (sub)transaction if that rolls back. The returned row
     has its id but no sequence number or hashes until then."""
-    session = db.session()
     row = AuditLog(
         id=new_id(),
         chain=chain_key(project_id),
@@ -185,11 +192,7 @@ def record(
         changes=_jsonable(changes or {}),
         meta=_jsonable(metadata or {}),
     )
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    if transaction is None:  # nothing ran yet: begin, so the row has a transaction to end with
-        session.connection()
-        transaction = session.get_transaction()
-    session.info.setdefault(PENDING_KEY, []).append((transaction, row))
+    queue_for_commit(PENDING_KEY, row)
     events.publish_after_commit(project_id, "audit", row.id, action)
     return row
 
@@ -197,13 +200,11 @@ def record(
 @event.listens_for(Session, "before_commit")
 def _link_pending(session: Session) -> None:
     """Chain and add the rows queued by `record`, chains in a fixed order."""
-    if session.get_nested_transaction() is not None:
-        return  # releasing a savepoint: the rows wait for the outer commit
-    pending = session.info.pop(PENDING_KEY, None)
+    pending = take_committed(session, PENDING_KEY)
     if not pending:
         return
     by_chain: dict[str, list[AuditLog]] = {}
-    for _transaction, row in pending:
+    for row in pending:
         by_chain.setdefault(row.chain, []).append(row)
     for chain in sorted(by_chain):
         rows = by_chain[chain]
@@ -216,30 +217,6 @@ def _link_pending(session: Session) -> None:
         session.execute(
             update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=prev_hash)
         )
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
-    """Forget the rows queued inside a savepoint that rolled back."""
-    pending = session.info.get(PENDING_KEY)
-    if not pending or previous_transaction.parent is None:
-        return  # the root's end is `_forget_pending`'s
-
-    def inside(transaction: SessionTransaction | None) -> bool:
-        while transaction is not None:
-            if transaction is previous_transaction:
-                return True
-            transaction = transaction.parent
-        return False
-
-    session.info[PENDING_KEY] = [entry for entry in pending if not inside(entry[0])]
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
-    """A root transaction that ended without `_link_pending` (rollback, close) wrote nothing."""
-    if transaction.parent is None:
-        session.info.pop(PENDING_KEY, None)
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -117,6 +117,68 @@ def dispose_hot_engines() -> None:
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+# --- work that waits for the commit ------------------------------------------------------------
+#
+# Audit rows (chained just before the commit), events and job requests (sent just after it) are
+# queued on the session, each entry with the transaction or savepoint it was queued in. A
+# savepoint that rolls back takes its entries with it; a released savepoint's entries wait for
+# the outer commit; a root transaction that ends without committing drops everything. One queue
+# and one rule, so an audit row never survives without its event, nor the other way round.
+
+_ON_COMMIT = "sentinel_on_commit"
+
+
+def queue_for_commit(kind: str, item: Any) -> None:
+    """Queue `item` under `kind` in the current transaction (begun if none is), for
+    `take_committed(session, kind)` at commit."""
+    session = db.session()
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        session.connection()  # begin: the entry needs a transaction to end with
+        transaction = session.get_transaction()
+    session.info.setdefault(_ON_COMMIT, []).append((transaction, kind, item))
+
+
+def queued(session: Session, kind: str) -> list[Any]:
+    """What is queued under `kind` and not yet taken (oldest first)."""
+    return [item for _, k, item in session.info.get(_ON_COMMIT, ()) if k == kind]
+
+
+def take_committed(session: Session, kind: str) -> list[Any]:
+    """Remove and return what is queued under `kind` (a commit hook's share of the queue).
+    Nothing while a savepoint is what commits: SQLAlchemy fires the commit hooks for a released
+    savepoint too, and what it queued waits for the outer commit."""
+    entries = session.info.get(_ON_COMMIT)
+    if not entries or session.get_nested_transaction() is not None:
+        return []
+    session.info[_ON_COMMIT] = [entry for entry in entries if entry[1] != kind]
+    return [item for _, k, item in entries if k == kind]
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    """A rolled-back savepoint (or root) takes what was queued inside it."""
+    entries = session.info.get(_ON_COMMIT)
+    if not entries:
+        return
+
+    def inside(transaction: SessionTransaction | None) -> bool:
+        while transaction is not None:
+            if transaction is previous_transaction:
+                return True
+            transaction = transaction.parent
+        return False
+
+    session.info[_ON_COMMIT] = [entry for entry in entries if not inside(entry[0])]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_queued(session: Session, transaction: SessionTransaction) -> None:
+    """A root transaction has ended (its commit hooks ran, or it rolled back or closed)."""
+    if transaction.parent is None:
+        session.info.pop(_ON_COMMIT, None)
 
 
 def new_id() -> uuid.UUID:

@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from sentinel_cp import broker
-from sentinel_cp.db import db
+from sentinel_cp.db import queue_for_commit, take_committed
 
 CHANNEL = "sentinel:events"
 _PENDING = "sentinel_pending_events"
@@ -37,7 +37,7 @@ def event_payload(
 
 def publish_after_commit(project_id: object, kind: str, ident: object, state: str | None) -> None:
     """Queue `{project, kind, id, state}` for publication when the current transaction commits."""
-    db.session.info.setdefault(_PENDING, []).append(event_payload(project_id, kind, ident, state))
+    queue_for_commit(_PENDING, event_payload(project_id, kind, ident, state))
 
 
 def publish_now(payload: dict[str, Any]) -> None:
@@ -65,9 +65,4 @@ def send(payloads: list[dict[str, Any]]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _publish_pending(session: Session) -> None:
-    send(session.info.pop(_PENDING, []))
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+    send(take_committed(session, _PENDING))

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from sentinel_cp.db import db
+from sentinel_cp.db import queue_for_commit, take_committed
 
 Enqueue = Callable[[str, tuple[Any, ...], str, str], None]
 _PENDING = "sentinel_pending_jobs"
@@ -33,7 +33,7 @@ def configure(backend: Enqueue | None) -> None:
 
 def enqueue_after_commit(name: str, *args: Any, job_id: str, queue: str = "default") -> None:
     """Ask for job `name(*args)` once the current transaction commits."""
-    db.session.info.setdefault(_PENDING, []).append((name, args, job_id, queue))
+    queue_for_commit(_PENDING, (name, args, job_id, queue))
 
 
 def enqueue_now(name: str, *args: Any, job_id: str, queue: str = "default") -> None:
@@ -53,10 +53,5 @@ def _push(request: tuple[str, tuple[Any, ...], str, str]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _push_pending(session: Session) -> None:
-    for request in session.info.pop(_PENDING, []):
+    for request in take_committed(session, _PENDING):
         _push(request)
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    session.info.pop(_PENDING, None)

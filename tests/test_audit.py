@@ -21,6 +21,8 @@ import pytest
 from conftest import bearer, make_key, make_user
 from sqlalchemy import bindparam, select, text
 
+from sentinel_cp.db import queued as queued_for_commit
+
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 ADMIN = "admin@example.com"
 
@@ -467,7 +469,8 @@ def test_rolled_back_update_leaves_no_audit_row_and_no_head_advance(app: Any) ->
         projects.update_project(Actor.system("test"), row, name="Renamed")
         db.session.flush()
         # Queued on the session, linked only at commit: the head is not locked yet.
-        assert [r.action for _, r in db.session.info[audit.PENDING_KEY]] == ["project.updated"]
+        queued = queued_for_commit(db.session(), audit.PENDING_KEY)
+        assert [r.action for r in queued] == ["project.updated"]
         assert _head(project["id"]) == before
         db.session.rollback()
     with app.app_context():
@@ -1005,7 +1008,7 @@ def test_rows_queued_in_a_rolled_back_savepoint_are_dropped_the_rest_commit_in_o
             select(audit.AuditLog.action).where(audit.AuditLog.chain == audit.GLOBAL_CHAIN)
         ).all()
         assert "kept.global" in global_actions and "dropped" not in global_actions
-        assert audit.PENDING_KEY not in db.session.info
+        assert queued_for_commit(db.session(), audit.PENDING_KEY) == []
 
 
 def test_a_closed_session_forgets_what_it_queued(app: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 import redis
 from conftest import ROOT, make_project
 from rq import Queue, SimpleWorker
+from sqlalchemy import select
 
 from sentinel_cp import events, projects, scheduling
 from sentinel_cp.audit import Actor
@@ -55,6 +56,46 @@ def test_a_rolled_back_change_publishes_nothing(app: Any, backend: Any) -> None:
         db.session.rollback()
         db.session.commit()
     assert next_event(pubsub, project_id) is None
+
+
+def test_a_savepoint_keeps_or_drops_its_audit_rows_events_and_jobs_together(
+    app: Any, backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One on-commit queue for the three: what a rolled-back savepoint queued is gone (row,
+    event and job alike), a released savepoint's entries wait for the outer commit (not sent
+    when the savepoint is released), and nothing is sent before that commit."""
+    from sentinel_cp import audit, jobqueue
+
+    pushed: list[str] = []
+    monkeypatch.setattr(jobqueue, "_backend", lambda _name, _args, job, _queue: pushed.append(job))
+    pubsub = subscribe(backend.redis_url)
+    with app.app_context():
+        project = projects.create_project(Actor.system("test"), slug="delta", name="Delta")
+        project_id = str(project.id)
+        db.session.commit()
+        assert next_event(pubsub, project_id) is not None  # project.created
+
+        def change(tag: str) -> None:
+            audit.record(Actor.system("t"), f"x.{tag}", resource_type="x", project_id=project.id)
+            jobqueue.enqueue_after_commit("noop", job_id=f"job-{tag}")
+
+        change("outer")
+        with db.session.begin_nested():
+            change("released")
+        assert pushed == [] and next_event(pubsub, project_id) is None  # savepoint released
+        savepoint = db.session.begin_nested()
+        change("dropped")
+        savepoint.rollback()
+        assert pushed == [] and next_event(pubsub, project_id) is None
+        db.session.commit()
+        actions = [e["state"] for e in iter(lambda: next_event(pubsub, project_id), None)]
+        chain = [r.action for r in db.session.scalars(
+            select(audit.AuditLog).where(audit.AuditLog.project_id == project.id)
+            .order_by(audit.AuditLog.seq)
+        )]  # fmt: skip
+    assert pushed == ["job-outer", "job-released"]
+    assert actions == ["x.outer", "x.released"]
+    assert chain == ["project.created", "x.outer", "x.released"]
 
 
 def test_periodic_jobs_are_declared_once_as_data() -> None:
