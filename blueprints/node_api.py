@@ -22,19 +22,14 @@ from blueprints.schemas import (
     RunningConfigOut,
     SigningKeysOut,
 )
-from sentinel_cp import metrics, nodes, projects, signing, throttle
+from sentinel_cp import metrics, nodes, projects, signing
 from sentinel_cp.db import db, utcnow
-from sentinel_cp.errors import NotFound, Unauthorized
 
 bp = Blueprint("node_api", __name__, url_prefix="/api/v1")
 bp.teardown_request(node_auth.close_hot_connection)
 SMALL_BODY = 64 * 1024
 CONFIG_BODY = 1024 * 1024 + 4096
 REGISTRATION_HEADER = "X-Sentinel-Registration-Token"
-# Failed registrations (wrong token, unknown project) per client address; past the limit every
-# registration from that address is 429 until the window ends. Successes are not counted, so a
-# fleet registering from behind one NAT address is never slowed down.
-REGISTRATION_FAILURES = throttle.Limit("register:addr", limit=20, window_s=300)
 
 
 @route(
@@ -55,28 +50,21 @@ REGISTRATION_FAILURES = throttle.Limit("register:addr", limit=20, window_s=300)
     },
 )
 def register(slug: str, body: RegisterIn) -> tuple[dict[str, Any], int]:
-    address = auth.client_address()
-    throttle.check(REGISTRATION_FAILURES, address)
     token = request.headers.get(REGISTRATION_HEADER) or request.headers.get(
         "X-Zentinel-Registration-Token"
     )
-    try:
-        project = projects.get_project(slug)
-        node, key, signing_keys = nodes.register_node(
-            project,
-            presented_token=token,
-            name=body.name,
-            labels=body.labels,
-            capabilities=body.capabilities,
-            version=body.version,
-            ip=body.ip or request.remote_addr,
-            hostname=body.hostname,
-            metadata=body.metadata,
-        )
-    except (NotFound, Unauthorized):
-        # Guessing tokens or probing project slugs: counted against the address.
-        throttle.hit(REGISTRATION_FAILURES, address)
-        raise
+    project, node, key, signing_keys = nodes.register_from(
+        auth.client_address(),
+        slug,
+        presented_token=token,
+        name=body.name,
+        labels=body.labels,
+        capabilities=body.capabilities,
+        version=body.version,
+        ip=body.ip or request.remote_addr,
+        hostname=body.hostname,
+        metadata=body.metadata,
+    )
     settings = project.config
     result = {
         "node_id": str(node.id),

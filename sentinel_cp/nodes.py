@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sentinel_cp import audit, events, jobqueue, signing
+from sentinel_cp import audit, events, jobqueue, projects, signing, throttle
 from sentinel_cp.audit import Actor
 from sentinel_cp.bundles.models import Bundle, NodeBundleStatus
 from sentinel_cp.db import JSONType, UTCDateTime, db, new_id, utcnow
@@ -451,6 +451,28 @@ def _check_ip(value: str | None, field: str = "ip") -> str | None:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise Invalid("Invalid IP address", fields={field: ["not an IP address"]}) from None
+
+
+# Failed registrations (wrong token, unknown project) per client address; past the limit every
+# registration from that address is 429 until the window ends. Successes are not counted, so a
+# fleet registering from behind one NAT address is never slowed down.
+REGISTRATION_FAILURES = throttle.Limit("register:addr", limit=20, window_s=300)
+
+
+def register_from(
+    address: str, slug: str, **fields: Any
+) -> tuple[Project, Node, str, list[dict[str, Any]]]:
+    """`register_node` for a request from `address` to project `slug`: refused with 429 while
+    that address is over its failure budget; an unknown project or a wrong token (guessing
+    tokens, probing slugs) counts against it."""
+    throttle.check(REGISTRATION_FAILURES, address)
+    try:
+        project = projects.get_project(slug)
+        node, key, signing_keys = register_node(project, **fields)
+    except (NotFound, Unauthorized):
+        throttle.hit(REGISTRATION_FAILURES, address)
+        raise
+    return project, node, key, signing_keys
 
 
 def register_node(

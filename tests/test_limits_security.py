@@ -56,8 +56,7 @@ from test_isolation import BODIES, QUERIES, Route, World, api_routes, build_worl
 from test_server import Server, start_server
 
 from app import API_CSP, CONSOLE_CSP, MAX_BODY_BYTES
-from blueprints.node_api import REGISTRATION_FAILURES
-from sentinel_cp import projects
+from sentinel_cp import nodes, projects
 from sentinel_cp.accounts import SCOPES
 from sentinel_cp.audit import Actor
 from sentinel_cp.bundles.kdl.source import MAX_DEPTH
@@ -490,25 +489,25 @@ def register(client: Any, address: str, token: str, name: str, slug: str = "alph
 def test_failed_registrations_from_one_address_are_throttled_then_429_with_retry_after(
     client: Any, token: str
 ) -> None:
-    limit = REGISTRATION_FAILURES.limit
+    limit = nodes.REGISTRATION_FAILURES.limit
     for i in range(limit):
         wrong = register(client, "10.9.0.1", f"rt_wrong_{i}", f"n{i}")
         assert wrong.status_code == 401, i
     throttled = register(client, "10.9.0.1", token, "late")
     assert throttled.status_code == 429
     assert throttled.get_json()["code"] == "rate_limited"
-    assert 0 < int(throttled.headers["Retry-After"]) <= REGISTRATION_FAILURES.window_s
+    assert 0 < int(throttled.headers["Retry-After"]) <= nodes.REGISTRATION_FAILURES.window_s
     assert register(client, "10.9.0.2", token, "elsewhere").status_code == 201
 
 
 def test_probing_unknown_projects_counts_as_failed_registrations(client: Any, token: str) -> None:
-    for i in range(REGISTRATION_FAILURES.limit):
+    for i in range(nodes.REGISTRATION_FAILURES.limit):
         assert register(client, "10.9.1.1", token, f"n{i}", slug=f"guess-{i}").status_code == 404
     assert register(client, "10.9.1.1", token, "late").status_code == 429
 
 
 def test_successful_registrations_are_never_throttled(client: Any, token: str) -> None:
-    for i in range(REGISTRATION_FAILURES.limit + 5):
+    for i in range(nodes.REGISTRATION_FAILURES.limit + 5):
         assert register(client, "10.9.2.1", token, f"fleet-{i}").status_code == 201, i
 
 
@@ -663,7 +662,7 @@ def test_registration_throttling_is_shared_by_two_server_processes(two_servers: 
     with admin_session(one, f"{net}.1") as admin:
         token = admin.post("/api/v1/projects/default/registration-token", json={}).json()["token"]
     address = from_address(f"{net}.2")
-    limit = REGISTRATION_FAILURES.limit
+    limit = nodes.REGISTRATION_FAILURES.limit
     for i in range(limit):
         server = (one, two)[i % 2]
         wrong = httpx.post(
