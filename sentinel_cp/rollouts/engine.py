@@ -290,33 +290,24 @@ def _steps(rollout_id: uuid.UUID) -> list[RolloutStep]:
     )
 
 
-def _deliveries(rollout_id: uuid.UUID) -> dict[uuid.UUID, NodeBundleStatus]:
-    """The newest delivery row per node of this rollout."""
-    rows = db.session.scalars(
-        select(NodeBundleStatus)
-        .where(NodeBundleStatus.rollout_id == rollout_id)
-        .order_by(NodeBundleStatus.id)
-        .execution_options(populate_existing=True)
-    )
-    return {row.node_id: row for row in rows}
-
-
-def _delivery_states(rollout_id: uuid.UUID) -> dict[uuid.UUID, Any]:
-    """What a tick reads of the newest delivery per node, as plain rows (node_id, state,
-    activated_at, reason): an ORM object per node, and the garbage collections that many
-    objects set off, made a 10,000-node tick cost more per node than a 1,000-node one
-    (bench/tick_cost.py)."""
-    rows = db.session.execute(
-        select(
+def _deliveries(rollout_id: uuid.UUID, *, rows: bool = False) -> dict[uuid.UUID, Any]:
+    """The newest delivery per node of this rollout: ORM objects for the paths that change
+    them, or (`rows=True`) plain rows of what a tick reads (node_id, state, activated_at,
+    reason). An ORM object per node, and the garbage collections that many objects set off,
+    made a 10,000-node tick cost more per node than a 1,000-node one (bench/tick_cost.py)."""
+    query: Any
+    if rows:
+        query = select(
             NodeBundleStatus.node_id,
             NodeBundleStatus.state,
             NodeBundleStatus.activated_at,
             NodeBundleStatus.reason,
         )
-        .where(NodeBundleStatus.rollout_id == rollout_id)
-        .order_by(NodeBundleStatus.id)
-    ).all()
-    return {row.node_id: row for row in rows}
+    else:
+        query = select(NodeBundleStatus).execution_options(populate_existing=True)
+    query = query.where(NodeBundleStatus.rollout_id == rollout_id).order_by(NodeBundleStatus.id)
+    found = db.session.execute(query).all() if rows else db.session.scalars(query)
+    return {row.node_id: row for row in found}
 
 
 def _node_rows(node_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -360,7 +351,7 @@ def build_view(rollout: Rollout, steps: list[RolloutStep], now: datetime) -> Rol
     bundle_status = db.session.scalar(select(Bundle.status).where(Bundle.id == rollout.bundle_id))
     all_ids = [uuid.UUID(n) for step in steps for n in step.node_ids]
     rows = _node_rows(all_ids)
-    deliveries = _delivery_states(rollout.id)
+    deliveries = _deliveries(rollout.id, rows=True)
     project = db.session.get(Project, rollout.project_id)
     assert project is not None
 
@@ -1078,7 +1069,7 @@ def sweep(*, now: datetime | None = None) -> dict[str, int]:
 def describe(rollout: Rollout) -> dict[str, Any]:
     """The rollout with its steps (each with its nodes), progress and the latest gates."""
     steps = _steps(rollout.id)
-    deliveries = _delivery_states(rollout.id)
+    deliveries = _deliveries(rollout.id, rows=True)
     rows = _node_rows([uuid.UUID(n) for step in steps for n in step.node_ids])
     progress = {"total": 0, "pending": 0, "in_progress": 0, "verified": 0, "failed": 0}
     progress["skipped"] = 0
