@@ -61,9 +61,8 @@ from typing import Any
 
 import httpx
 import redis
-from conftest import PASSWORD, ROOT, free_port, wait_for
-from rollout_e2e_helpers import Stack
-from test_server import start_server
+from conftest import ROOT, free_port, wait_for
+from rollout_e2e_helpers import Stack, start_production_server
 
 from jobs import QUEUES
 
@@ -363,27 +362,8 @@ def fault_stack(
     The server migrates the database and creates the bootstrap admin (`admin@localhost`,
     `conftest.PASSWORD`) and the `default` project.
     """
-    env_extra = {
-        "SENTINEL_ENV": "production",
-        "SECRET_KEY_BASE": "faults-" + "k" * 42,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "HOST": "127.0.0.1",
-        **(extra_env or {}),
-    }
-    server = start_server(env_extra, tmp)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY_BASE", "SENTINEL_ENV")
-    }
-    env.update(
-        {
-            **env_extra,
-            "SENTINEL_DATA_DIR": str(server.data_dir),
-            "SENTINEL_ADMIN_PASSWORD": PASSWORD,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
+    server, env = start_production_server(
+        tmp, database_url, redis_url, "faults-" + "k" * 42, extra_env
     )
     logs = tmp / "logs"
     logs.mkdir(exist_ok=True)

@@ -202,16 +202,22 @@ def children_of(pid: int) -> list[int]:
     return []
 
 
-@contextmanager
-def production_stack(tmp: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
-    """Server first (it migrates the database), then two workers and the cron process."""
-    redis.Redis.from_url(redis_url).flushdb()
+def start_production_server(
+    tmp: Path,
+    database_url: str,
+    redis_url: str,
+    secret: str,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[Any, dict[str, str]]:
+    """`python app.py` in production mode (it migrates the database and creates the bootstrap
+    admin and the `default` project), and the environment its worker and cron processes get."""
     env_extra = {
         "SENTINEL_ENV": "production",
-        "SECRET_KEY_BASE": "rollout-e2e-" + "k" * 40,
+        "SECRET_KEY_BASE": secret,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "HOST": "127.0.0.1",
+        **(extra_env or {}),
     }
     server = start_server(env_extra, tmp)
     env = {
@@ -227,6 +233,14 @@ def production_stack(tmp: Path, database_url: str, redis_url: str) -> Iterator[S
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
     )
+    return server, env
+
+
+@contextmanager
+def production_stack(tmp: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
+    """Server first (it migrates the database), then two workers and the cron process."""
+    redis.Redis.from_url(redis_url).flushdb()
+    server, env = start_production_server(tmp, database_url, redis_url, "rollout-e2e-" + "k" * 40)
     logs = tmp / "logs"
     logs.mkdir()
     stack = Stack(server, env, redis_url, database_url, logs)

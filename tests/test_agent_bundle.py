@@ -312,16 +312,17 @@ def proxy_config(tmp_path: Path) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root` with its content (or link target): 'untouched' means equal."""
+    """Every path under `root` with its kind and content (sha256, or link target): equal
+    snapshots mean untouched."""
     seen: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             key = str(path.relative_to(root))
             if path.is_symlink():
-                seen[key] = "-> " + os.readlink(path)
+                seen[key] = "link -> " + os.readlink(path)
             elif path.is_file():
-                seen[key] = path.read_text(errors="replace")
+                seen[key] = hashlib.sha256(path.read_bytes()).hexdigest()
             else:
                 seen[key] = "dir"
     return seen

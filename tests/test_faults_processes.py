@@ -420,6 +420,46 @@ def test_a_bundle_whose_every_compile_dies_fails_after_the_last_attempt(app: Any
 # --- 1. a worker SIGKILLed inside a tick's transaction -------------------------------------
 
 
+@dataclass(frozen=True)
+class KilledInCommit:
+    """A worker SIGKILLed while its job waited in its last commit, and the project's state
+    (`snapshot`) before the job went on, at the kill and once its session had ended."""
+
+    waiter: Waiter
+    written: set[str]
+    killed: list[int]
+    before: dict[str, Any]
+    at_kill: dict[str, Any]
+    after_kill: dict[str, Any]
+
+
+def kill_in_last_commit(
+    processes: Processes, worker: str, project_id: str, thaw: Callable[[], None], job: str
+) -> KilledInCommit:
+    """Hold the project's audit chain head, `thaw()` the frozen worker, wait until its `job`
+    waits on that row lock (its last commit: seen in `pg_stat_activity`, no hook in the
+    code), SIGKILL worker and horse there, then wait for the dead session to end."""
+    database_url = processes.database_url
+    with chain_head_locked(database_url, project_id) as holder:
+        before = snapshot(database_url, project_id)
+        thaw()
+        waiter: Waiter = wait_for(
+            lambda: waiting_on(database_url, holder, worker),
+            timeout=BLOCK_TIMEOUT_S,
+            what=f"{worker}'s {job} to wait on the audit chain head",
+        )
+        written = tables_written(database_url, waiter.pid)
+        killed = processes.kill_worker(worker)
+        at_kill = snapshot(database_url, project_id)
+    wait_for(
+        lambda: backend_gone(database_url, waiter.pid),
+        timeout=30,
+        what="the dead worker's session to end",
+    )
+    after_kill = snapshot(database_url, project_id)
+    return KilledInCommit(waiter, written, killed, before, at_kill, after_kill)
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.redis
@@ -448,23 +488,9 @@ def test_worker_killed_inside_a_tick_transaction_leaves_no_half_step(processes: 
             with processes.frozen(worker) as thaw:
                 promoted = ops.api.post(f"{ops.base}/rollouts/{rollout_id}/promote", json={})
                 assert promoted.status_code == 200, promoted.text
-                with chain_head_locked(database_url, project_id) as holder:
-                    before = snapshot(database_url, project_id)
-                    thaw()
-                    waiter: Waiter = wait_for(
-                        lambda: waiting_on(database_url, holder, worker),
-                        timeout=BLOCK_TIMEOUT_S,
-                        what=f"{worker}'s tick to wait on the audit chain head",
-                    )
-                    written = tables_written(database_url, waiter.pid)
-                    killed = processes.kill_worker(worker)
-                    at_kill = snapshot(database_url, project_id)
-            wait_for(
-                lambda: backend_gone(database_url, waiter.pid),
-                timeout=30,
-                what="the dead worker's session to end",
-            )
-            after_kill = snapshot(database_url, project_id)
+                kill = kill_in_last_commit(processes, worker, project_id, thaw, "tick")
+            waiter, written, killed = kill.waiter, kill.written, kill.killed
+            before, at_kill, after_kill = kill.before, kill.at_kill, kill.after_kill
 
             restarted = time.monotonic()
             processes.start_worker()
@@ -558,22 +584,9 @@ def test_worker_killed_mid_compile_leaves_the_bundle_to_the_stuck_compile_sweep(
         assert rotated.status_code in (200, 201), rotated.text
         with processes.frozen(worker) as thaw:
             bundle_id = ops.submit(CONFIG, "compile-kill-v1")
-            with chain_head_locked(database_url, project_id) as holder:
-                thaw()
-                waiter: Waiter = wait_for(
-                    lambda: waiting_on(database_url, holder, worker),
-                    timeout=BLOCK_TIMEOUT_S,
-                    what=f"{worker}'s compile to wait on the audit chain head",
-                )
-                written = tables_written(database_url, waiter.pid)
-                killed = processes.kill_worker(worker)
-                at_kill = snapshot(database_url, project_id)
-        wait_for(
-            lambda: backend_gone(database_url, waiter.pid),
-            timeout=30,
-            what="the dead worker's session to end",
-        )
-        after_kill = snapshot(database_url, project_id)
+            kill = kill_in_last_commit(processes, worker, project_id, thaw, "compile")
+        waiter, written, killed = kill.waiter, kill.written, kill.killed
+        at_kill, after_kill = kill.at_kill, kill.after_kill
         stuck = ops.api.get(f"{ops.base}/bundles/{bundle_id}").json()
 
         processes.start_worker()

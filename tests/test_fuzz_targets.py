@@ -32,6 +32,7 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from test_agent_bundle import snapshot
 
 from agent.bundle import MANIFEST_NAME, BundleRejected, unpack
 from sentinel_cp.bundles.kdl import ValidationResult, validate_bundle
@@ -54,22 +55,6 @@ FUZZ = settings(
 
 
 # --- shared assertions ----------------------------------------------------------------------
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root` with its kind and content: equal snapshots mean untouched."""
-    seen: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            key = str(path.relative_to(root))
-            if path.is_symlink():
-                seen[key] = "link -> " + os.readlink(path)
-            elif path.is_file():
-                seen[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                seen[key] = "dir"
-    return seen
 
 
 def assert_tree_matches_manifest(destination: Path, manifest: Any) -> None:
