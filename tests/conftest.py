@@ -11,6 +11,7 @@ empty tables and an empty Redis database.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -34,6 +35,24 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct-horse-battery"
+
+
+_frozen_before: list[str] = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """At the first test of each module, what earlier modules left alive is moved out of the
+    garbage collector's sight (`gc.freeze`). The suite keeps ~2 million objects alive by its
+    end (apps, engines, re-imported console modules); NiceGUI's test harness runs two full
+    collections and a `gc.get_objects()` scan per console test, which made a console test
+    three times slower late in the suite than alone. Only the collector's work changes:
+    frozen objects are still freed by reference counting."""
+    module = getattr(item.module, "__name__", "")
+    if _frozen_before[-1:] == [module]:
+        return
+    _frozen_before.append(module)
+    gc.collect()
+    gc.freeze()
 
 
 def require_service(available: bool, reason: str) -> None:
