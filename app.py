@@ -110,6 +110,7 @@ def create_app(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         PUBLIC_HOST=settings.public_host,
         REDIS_URL=settings.redis_url,
+        POLL_CACHE=settings.poll_cache,
         ARGON2_TIME_COST=3,
         ARGON2_MEMORY_COST=65536,
         JSON_SORT_KEYS=False,

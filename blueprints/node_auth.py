@@ -21,22 +21,33 @@ def require_node(path_node_id: str, *, hot: bool = False) -> nodes.NodeContext:
     connection = None
     if hot:
         connection = g.hot_connection = hot_connection()
-    header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
+    header, value = presented_credential()
+    if header == "Authorization":
+        scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(
                 "Authorization header must be 'Bearer <token>'", code="invalid_authorization"
             )
         ctx = nodes.authenticate_token(token.strip(), connection=connection)
     else:
-        key = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None)
-        if not key:
+        if not value:
             raise Unauthorized("Missing node credentials", code="missing_credentials")
-        ctx = nodes.authenticate_key(key, connection)
+        ctx = nodes.authenticate_key(value, connection)
     nodes.require_same_node(ctx, node_id)
     g.node = ctx
     return ctx
+
+
+def presented_credential() -> tuple[str, str]:
+    """(header, value) of the credential this request presents: `Authorization` when present
+    (it alone counts), else the node key header; ("", "") when there is none."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        return "Authorization", header
+    for name in KEY_HEADERS:
+        if name in request.headers:
+            return name, request.headers[name]
+    return "", ""
 
 
 def close_hot_connection(_exc: BaseException | None) -> None:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, request, stream_with_context, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    request,
+    stream_with_context,
+    url_for,
+)
 
 from blueprints import node_auth
 from blueprints.api import route
@@ -13,8 +24,8 @@ from blueprints.schemas import (
     BundleStatusReportOut,
     PollOut,
 )
-from sentinel_cp import metrics, nodes, storage
-from sentinel_cp.bundles import distribution
+from sentinel_cp import metrics, nodes, signing, storage
+from sentinel_cp.bundles import distribution, pollcache
 from sentinel_cp.bundles.archive import MEDIA_TYPE
 from sentinel_cp.db import db
 from sentinel_cp.errors import NotFound
@@ -25,6 +36,27 @@ SMALL_BODY = 64 * 1024
 PRESIGNED_TTL_S = 300
 
 
+def cached_not_modified(node_id: str) -> Response | None:
+    """304 from the process's poll cache when this credential was last answered with the
+    ETag the node sends (see `pollcache`); None sends the poll down the normal path."""
+    cache = pollcache.for_app(current_app)
+    if cache is None:
+        return None
+    header, value = node_auth.presented_credential()
+    if not value:
+        return None
+    key = cache.credential_key(node_id, header, value)
+    g.poll_cache = (cache, key, cache.version)  # the version before the database read
+    etag = cache.etag_for(key) if request.if_none_match else None
+    if etag is None or not request.if_none_match.contains(etag):
+        return None
+    metrics.NODE_POLLS.labels("304").inc()
+    metrics.POLL_CACHE_HITS.inc()
+    response = Response(status=304)
+    response.set_etag(etag)
+    return response
+
+
 @route(
     bp,
     "/nodes/<node_id>/bundles/latest",
@@ -33,6 +65,7 @@ PRESIGNED_TTL_S = 300
     response=PollOut,
     responses={304: "Not modified: If-None-Match holds the current ETag"},
     hot=True,
+    shortcut=cached_not_modified,
 )
 def poll(node: nodes.NodeContext) -> Any:
     identity = node.node
@@ -54,7 +87,21 @@ def poll(node: nodes.NodeContext) -> Any:
     metrics.NODE_POLLS.labels("304" if unchanged else "200").inc()
     response = Response(status=304) if unchanged else jsonify(answer)
     response.set_etag(etag)
+    _remember(etag, str(identity.project_id))
     return response
+
+
+def _remember(etag: str, project_id: str) -> None:
+    remembered = g.pop("poll_cache", None)
+    if remembered is None:
+        return
+    cache, key, version = remembered
+    header, value = node_auth.presented_credential()
+    valid_for_s = pollcache.MAX_AGE_S
+    if header == "Authorization":  # good until the token expires (it was just verified)
+        claims = signing.read_token(value.partition(" ")[2].strip())[4]
+        valid_for_s = float(claims["exp"]) - time.time()
+    cache.remember(key, etag, project_id, version, valid_for_s)
 
 
 @route(

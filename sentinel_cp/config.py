@@ -44,6 +44,7 @@ class Settings:
     admin_email: str
     admin_password: str | None
     default_project: str
+    poll_cache: bool = True
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -184,6 +185,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "SENTINEL_DEFAULT_PROJECT: use lowercase letters, digits and dashes (2–50 characters)"
         )
 
+    poll_cache = (env.get("SENTINEL_POLL_CACHE") or "on").lower()
+    if poll_cache not in ("on", "off"):
+        raise ConfigError(f"SENTINEL_POLL_CACHE: {poll_cache!r} is not on or off")
+
     public_host = env.get("PUBLIC_HOST") or env.get("PHX_HOST") or "localhost"
     port = _port(env.get("PORT"))
     host = env.get("HOST") or ("0.0.0.0" if production else "127.0.0.1")  # noqa: S104
@@ -209,4 +214,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_email=admin_email.lower(),
         admin_password=admin_password,
         default_project=default_project,
+        poll_cache=poll_cache == "on",
     )

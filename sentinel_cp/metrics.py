@@ -47,6 +47,11 @@ NODE_POLLS = Counter(
     ["status"],
     registry=REGISTRY,
 )
+POLL_CACHE_HITS = Counter(
+    "sentinel_poll_cache_hits_total",
+    "Polls answered 304 from this process's poll cache, without the database",
+    registry=REGISTRY,
+)
 BUNDLE_COMPILES = Counter(
     "sentinel_bundle_compiles_total",
     "Compile jobs finished by this process, by outcome",

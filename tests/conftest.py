@@ -182,6 +182,9 @@ def build_app(data_dir: Path, database_url: str, redis_url: str, **overrides: An
         # Argon2 stays Argon2, just cheaper: the suite logs in hundreds of times.
         "ARGON2_TIME_COST": 1,
         "ARGON2_MEMORY_COST": 1024,
+        # One listener thread per app would pile up over thousands of in-process apps; the
+        # cache is tested where it is turned on (test_poll_cache.py, and every real server).
+        "POLL_CACHE": False,
         **overrides,
     }
     return create_app(config, settings=settings)

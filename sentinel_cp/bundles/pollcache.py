@@ -1,0 +1,211 @@
+"""Repeated polls answered from memory: a 304 for an unchanged ETag, without the database.
+
+A poll is what every node sends every poll interval, and in a steady fleet nearly every answer
+is 304. `spec/node-protocol.md` asks that a poll cost at most one indexed read and encourages
+serving 304s from a cache; this is that cache, one per process.
+
+What it remembers: for a credential (sha256 of the node key, or of the bearer token) presented
+for a node, the ETag it was last answered with, which project that node belongs to, and until
+when the credential is good (a token's `exp`; `MAX_AGE_S` at most). A poll whose
+`If-None-Match` holds that ETag gets 304 at once; anything else takes the normal path (which
+authenticates, answers and remembers).
+
+What makes it forget — the events channel is its invalidation bus. Every audited change
+publishes an event naming its project after it commits (assignments, status reports, key
+revocation, node deletion, bundle revocation and collection, signing keys, project settings,
+rollout state), and so does a heartbeat that changes a node's running bundle. A listener thread
+subscribed to the channel marks the project invalidated at a version number; an entry is good
+only if it was read after its project's last invalidation (the version is taken before the
+database read, and an event is received only after its commit, so a read that raced a change
+is never trusted). While the listener is not subscribed — not yet, or Redis went away or stopped
+answering its pings, when events may be missed — nothing is answered from memory and
+everything is forgotten. An event its publisher failed to send (logged as "event(s) not
+published") is the one thing this cannot see: `MAX_AGE_S` bounds how long such an answer
+stays.
+
+Bounded: at most `MAX_ENTRIES` entries (then it starts over), so memory stays O(fleet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from sentinel_cp.events import CHANNEL
+
+log = logging.getLogger(__name__)
+MAX_ENTRIES = 200_000
+MAX_AGE_S = 60.0  # an entry is re-read from the database at least this often
+HEALTH_CHECK_S = 1.0  # the listener makes sure Redis still answers this often
+PONG_TIMEOUT_S = 2.0  # a Redis slower than this to answer a ping counts as gone
+RECONNECT_S = 1.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    etag: str
+    project: str
+    read_at_version: int
+    good_until: float  # time.monotonic()
+
+
+class PollCache:
+    """Per-process memory of poll answers, kept true by a pub/sub listener thread."""
+
+    def __init__(self, redis_url: str, *, clock: Any = time.monotonic) -> None:
+        self.redis_url = redis_url
+        self.clock = clock
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self.version = 0
+        self.invalidated_at: dict[str, int] = {}  # project id -> version of its last event
+        self.floor = 0  # entries read before this version are never trusted
+        self.subscribed = threading.Event()
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # --- the request side ---------------------------------------------------------------------
+
+    @staticmethod
+    def credential_key(node_id: str, header: str, value: str) -> tuple[str, str]:
+        digest = hashlib.sha256(f"{header}\n{value}".encode()).hexdigest()
+        return node_id, digest
+
+    def etag_for(self, key: tuple[str, str]) -> str | None:
+        """The ETag this credential was last answered with, while still known to be current."""
+        if not self.subscribed.is_set():
+            return None
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if (
+            entry.read_at_version < self.floor
+            or entry.read_at_version < self.invalidated_at.get(entry.project, 0)
+            or self.clock() >= entry.good_until
+        ):
+            self.entries.pop(key, None)
+            return None
+        return entry.etag
+
+    def remember(
+        self,
+        key: tuple[str, str],
+        etag: str,
+        project: str,
+        read_at_version: int,
+        valid_for_s: float = MAX_AGE_S,
+    ) -> None:
+        """Keep what a poll read at `read_at_version` (taken before its database read)."""
+        if not self.subscribed.is_set() or valid_for_s <= 0:
+            return
+        if len(self.entries) >= MAX_ENTRIES:
+            self.entries.clear()
+        good_until = self.clock() + min(valid_for_s, MAX_AGE_S)
+        self.entries[key] = Entry(etag, project, read_at_version, good_until)
+
+    # --- the listener side --------------------------------------------------------------------
+
+    def invalidate(self, project: str | None) -> None:
+        """An event about `project` (None: about anything) arrived."""
+        with self._lock:
+            self.version += 1
+            if project is None:
+                self.floor = self.version
+            else:
+                self.invalidated_at[project] = self.version
+
+    def forget_everything(self) -> None:
+        with self._lock:
+            self.version += 1
+            self.floor = self.version
+            self.invalidated_at.clear()
+            self.entries.clear()
+
+    def handle(self, message: dict[str, Any] | None) -> None:
+        if message is None or message.get("type") != "message":
+            return
+        try:
+            payload = json.loads(message["data"])
+            project = payload.get("project") if isinstance(payload, dict) else None
+        except (ValueError, TypeError):
+            project = None
+        self.invalidate(project if isinstance(project, str) else None)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._listen, name="poll-cache", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        while not self.stopping.is_set():
+            client = redis.Redis.from_url(
+                self.redis_url, socket_timeout=HEALTH_CHECK_S * 2, socket_connect_timeout=2
+            )
+            try:
+                self._session(client)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("poll cache off until Redis is back: %s", exc.__class__.__name__)
+            finally:
+                self.subscribed.clear()
+                self.forget_everything()
+                client.close()
+            self.stopping.wait(RECONNECT_S)
+
+    def _session(self, client: redis.Redis) -> None:
+        pubsub = client.pubsub()
+        try:
+            pubsub.subscribe(CHANNEL)
+            confirmed = pubsub.get_message(timeout=HEALTH_CHECK_S * 2)
+            if confirmed is None or confirmed.get("type") != "subscribe":
+                raise redis.ConnectionError("no subscription confirmation")
+            self.forget_everything()  # whatever happened before this moment is unknown
+            self.subscribed.set()
+            pinged_at: float | None = None
+            checked = time.monotonic()
+            while not self.stopping.is_set():
+                message = pubsub.get_message(timeout=HEALTH_CHECK_S)
+                if message is not None and message.get("type") == "pong":
+                    pinged_at = None
+                self.handle(message)
+                now = time.monotonic()
+                if pinged_at is not None and now - pinged_at > PONG_TIMEOUT_S:
+                    # Frozen or cut off: events published meanwhile may never arrive.
+                    raise redis.TimeoutError("no answer to a ping")
+                if pinged_at is None and now - checked >= HEALTH_CHECK_S:
+                    pubsub.ping()
+                    pinged_at = checked = now
+        finally:
+            pubsub.close()
+
+
+_create_lock = threading.Lock()
+EXTENSION = "sentinel_poll_cache"
+
+
+def for_app(app: Any) -> PollCache | None:
+    """The application's cache, its listener started on first use (so in each forked worker,
+    never in a parent that forks); None when `POLL_CACHE` is off or there is no Redis."""
+    cache: PollCache | None = app.extensions.get(EXTENSION)
+    if cache is not None or not app.config.get("POLL_CACHE") or not app.config.get("REDIS_URL"):
+        return cache
+    with _create_lock:
+        cache = app.extensions.get(EXTENSION)
+        if cache is None:
+            cache = PollCache(app.config["REDIS_URL"])
+            cache.start()
+            app.extensions[EXTENSION] = cache
+    return cache

@@ -1,0 +1,381 @@
+"""The poll cache (`sentinel_cp.bundles.pollcache`): repeated polls answered 304 from memory,
+and never an answer the database would not give.
+
+The rules are checked on the cache itself (versions, projects, age, token expiry, a listener
+that is not subscribed), then through the API on both backends with the cache turned on:
+a 304 served without one SQL statement, and every change that must reach a node — an
+assignment, a revoked key, a revoked bundle — reaching it on its next poll once the change's
+event has arrived. Last, the listener against real Redis processes: a killed subscription
+and a frozen server both make the cache forget everything and answer nothing until it has
+subscribed again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from bundle_helpers import CONFIG, operator_key, register_node, run_jobs, setup_project, submit
+from conftest import bearer, wait_for
+from fault_support import RedisProcess
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from sentinel_cp import metrics
+from sentinel_cp.bundles import distribution, pollcache
+from sentinel_cp.bundles.models import Bundle
+from sentinel_cp.db import db
+
+KEY = ("6a20800c-1922-48cf-a6d7-68dde91fb57d", "digest")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def subscribed_cache(clock: Clock | None = None) -> pollcache.PollCache:
+    """A cache whose listener is taken as subscribed (no thread: the rules alone)."""
+    cache = pollcache.PollCache("redis://unused", clock=clock or Clock())
+    cache.subscribed.set()
+    return cache
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def test_an_entry_is_answered_until_its_project_has_an_event() -> None:
+    cache = subscribed_cache()
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    cache.remember(("other", "d"), '"e2"', "p2", cache.version)
+    assert cache.etag_for(KEY) == '"e1"'
+    cache.invalidate("p2")  # another project's change
+    assert cache.etag_for(KEY) == '"e1"'
+    assert cache.etag_for(("other", "d")) is None
+    cache.invalidate("p1")
+    assert cache.etag_for(KEY) is None
+
+
+def test_a_read_that_raced_an_event_is_never_trusted() -> None:
+    """The version is taken before the database read: an event that arrives between that
+    moment and `remember` means the read may predate the change."""
+    cache = subscribed_cache()
+    before_read = cache.version
+    cache.invalidate("p1")  # the change committed and its event arrived meanwhile
+    cache.remember(KEY, '"stale"', "p1", before_read)
+    assert cache.etag_for(KEY) is None
+    cache.remember(KEY, '"fresh"', "p1", cache.version)
+    assert cache.etag_for(KEY) == '"fresh"'
+
+
+def test_an_event_about_no_project_forgets_every_entry() -> None:
+    cache = subscribed_cache()
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    cache.handle({"type": "message", "data": '{"project": null, "kind": "audit"}'})
+    assert cache.etag_for(KEY) is None
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    cache.handle({"type": "message", "data": "not json"})  # unreadable: assume the worst
+    assert cache.etag_for(KEY) is None
+
+
+def test_entries_expire_with_the_token_and_after_max_age() -> None:
+    clock = Clock()
+    cache = subscribed_cache(clock)
+    cache.remember(KEY, '"token"', "p1", cache.version, valid_for_s=10)
+    cache.remember(("n2", "d"), '"key"', "p1", cache.version)
+    clock.now += 10
+    assert cache.etag_for(KEY) is None  # the token expired
+    assert cache.etag_for(("n2", "d")) == '"key"'
+    clock.now += pollcache.MAX_AGE_S
+    assert cache.etag_for(("n2", "d")) is None
+    cache.remember(KEY, '"expired"', "p1", cache.version, valid_for_s=-1)
+    assert KEY not in cache.entries
+
+
+def test_nothing_is_remembered_or_answered_while_not_subscribed() -> None:
+    cache = subscribed_cache()
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    cache.subscribed.clear()
+    assert cache.etag_for(KEY) is None
+    cache.remember(("n2", "d"), '"e2"', "p1", cache.version)
+    assert ("n2", "d") not in cache.entries
+
+
+def test_the_cache_is_bounded() -> None:
+    cache = subscribed_cache()
+    for i in range(pollcache.MAX_ENTRIES + 1):
+        cache.remember((str(i), "d"), '"e"', "p1", cache.version)
+    assert len(cache.entries) <= pollcache.MAX_ENTRIES
+
+
+# --- through the API, both backends ---------------------------------------------------------
+
+
+@pytest.fixture
+def cached(app: Any) -> Iterator[Any]:
+    app.config["POLL_CACHE"] = True
+    yield app
+    cache = app.extensions.get(pollcache.EXTENSION)
+    if cache is not None:
+        cache.stop()
+
+
+@pytest.fixture
+def fleet(cached: Any, client: Any, backend: Any) -> dict[str, Any]:
+    """A project with a compiled bundle, two registered nodes and a subscribed cache."""
+    project_id = setup_project(cached)
+    key = operator_key(cached)
+    submitted = submit(client, key, CONFIG, "v1")
+    assert submitted.status_code == 201, submitted.get_json()
+    run_jobs(cached, backend.redis_url)
+    node_id, node_key = register_node(client, "edge-1")
+    other_id, other_key = register_node(client, "edge-2")
+    cache = pollcache.for_app(cached)
+    assert cache is not None
+    wait_for(cache.subscribed.is_set, timeout=10, what="the poll cache to subscribe")
+    return {
+        "project_id": project_id,
+        "key": key,
+        "bundle_id": submitted.get_json()["id"],
+        "node": (node_id, node_key),
+        "other": (other_id, other_key),
+        "cache": cache,
+    }
+
+
+class Statements:
+    """SQL statements executed on any engine while counting."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, *_args: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Statements:
+        event.listen(Engine, "before_cursor_execute", self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        event.remove(Engine, "before_cursor_execute", self)
+
+
+def poll(client: Any, node_id: str, key: str, etag: str | None = None) -> Any:
+    headers = {"X-Sentinel-Node-Key": key, **({"If-None-Match": etag} if etag else {})}
+    return client.get(f"/api/v1/nodes/{node_id}/bundles/latest", headers=headers)
+
+
+def assert_answered_from_memory(client: Any, node_id: str, key: str, etag: str) -> None:
+    with Statements() as statements:
+        assert poll(client, node_id, key, etag).status_code == 304
+    assert statements.count == 0
+
+
+def assign(app: Any, bundle_id: str, node_id: str) -> None:
+    with app.app_context():
+        bundle = db.session.get(Bundle, bundle_id)
+        distribution.assign(bundle, [uuid.UUID(node_id)])
+        db.session.commit()
+
+
+def wait_for_event(cache: pollcache.PollCache, project_id: str, since: int) -> None:
+    wait_for(
+        lambda: cache.invalidated_at.get(project_id, 0) > since,
+        timeout=10,
+        what="the change's event to reach the poll cache",
+    )
+
+
+def test_a_repeated_poll_is_answered_304_without_a_statement(
+    client: Any, fleet: dict[str, Any]
+) -> None:
+    node_id, node_key = fleet["node"]
+    first = poll(client, node_id, node_key)
+    assert first.status_code == 200
+    hits = metrics.POLL_CACHE_HITS._value.get()
+    with Statements() as statements:
+        again = poll(client, node_id, node_key, first.headers["ETag"])
+    assert again.status_code == 304 and again.data == b""
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert again.headers["Cache-Control"] == "no-store"
+    assert statements.count == 0
+    assert metrics.POLL_CACHE_HITS._value.get() == hits + 1
+    with Statements() as statements:  # a different ETag: the database answers
+        assert poll(client, node_id, node_key, '"other"').status_code == 200
+    assert statements.count > 0
+
+
+def test_an_assignment_reaches_the_next_poll(
+    client: Any, cached: Any, fleet: dict[str, Any]
+) -> None:
+    node_id, node_key = fleet["node"]
+    cache = fleet["cache"]
+    first = poll(client, node_id, node_key)
+    assert first.get_json()["no_update"] is True
+    etag = first.headers["ETag"]
+    assert_answered_from_memory(client, node_id, node_key, etag)
+    since = cache.version
+    assign(cached, fleet["bundle_id"], node_id)
+    wait_for_event(cache, fleet["project_id"], since)
+    offer = poll(client, node_id, node_key, etag)
+    assert offer.status_code == 200
+    assert offer.get_json()["bundle_id"] == fleet["bundle_id"]
+    assert offer.headers["ETag"] != etag
+
+
+def test_a_revoked_key_is_refused_on_its_next_poll(client: Any, fleet: dict[str, Any]) -> None:
+    node_id, node_key = fleet["node"]
+    cache = fleet["cache"]
+    etag = poll(client, node_id, node_key).headers["ETag"]
+    assert_answered_from_memory(client, node_id, node_key, etag)
+    since = cache.version
+    revoked = client.post(
+        f"/api/v1/projects/default/nodes/{node_id}/revoke-key",
+        json={},
+        headers=bearer(fleet["key"]),
+    )
+    assert revoked.status_code == 200, revoked.get_json()
+    wait_for_event(cache, fleet["project_id"], since)
+    assert poll(client, node_id, node_key, etag).status_code == 401
+
+
+def test_a_revoked_bundle_is_no_longer_offered(
+    client: Any, cached: Any, fleet: dict[str, Any]
+) -> None:
+    node_id, node_key = fleet["node"]
+    cache = fleet["cache"]
+    assign(cached, fleet["bundle_id"], node_id)
+    wait_for_event(cache, fleet["project_id"], 0)
+    offer = poll(client, node_id, node_key)
+    assert offer.get_json()["bundle_id"] == fleet["bundle_id"]
+    etag = offer.headers["ETag"]
+    assert_answered_from_memory(client, node_id, node_key, etag)
+    since = cache.version
+    revoked = client.post(
+        f"/api/v1/projects/default/bundles/{fleet['bundle_id']}/revoke",
+        json={"reason": "bad"},
+        headers=bearer(fleet["key"]),
+    )
+    assert revoked.status_code == 200, revoked.get_json()
+    wait_for_event(cache, fleet["project_id"], since)
+    after = poll(client, node_id, node_key, etag)
+    assert after.status_code == 200 and after.get_json()["no_update"] is True
+
+
+def test_only_the_credential_that_was_answered_is_answered_from_memory(
+    client: Any, fleet: dict[str, Any]
+) -> None:
+    node_id, node_key = fleet["node"]
+    other_id, other_key = fleet["other"]
+    etag = poll(client, node_id, node_key).headers["ETag"]
+    assert_answered_from_memory(client, node_id, node_key, etag)
+    # Another node's valid key, an unknown key, no key: all go to the normal path.
+    assert poll(client, node_id, other_key, etag).status_code == 403
+    assert poll(client, node_id, "nk_" + "x" * 43, etag).status_code == 401
+    unauthenticated = client.get(
+        f"/api/v1/nodes/{node_id}/bundles/latest", headers={"If-None-Match": etag}
+    )
+    assert unauthenticated.status_code == 401
+    # The same key for another node's path is that node's business: refused.
+    assert poll(client, other_id, node_key, etag).status_code == 403
+
+
+def test_a_token_is_answered_from_memory_only_until_it_expires(
+    client: Any, fleet: dict[str, Any]
+) -> None:
+    node_id, node_key = fleet["node"]
+    cache = fleet["cache"]
+    token = client.post(
+        f"/api/v1/nodes/{node_id}/token", json={}, headers={"X-Sentinel-Node-Key": node_key}
+    ).get_json()
+    headers = {"Authorization": f"Bearer {token['token']}"}
+    url = f"/api/v1/nodes/{node_id}/bundles/latest"
+    etag = client.get(url, headers=headers).headers["ETag"]
+    with Statements() as statements:
+        cached_answer = client.get(url, headers={**headers, "If-None-Match": etag})
+    assert cached_answer.status_code == 304 and statements.count == 0
+    key = cache.credential_key(node_id, "Authorization", headers["Authorization"])
+    entry = cache.entries[key]
+    remaining = entry.good_until - cache.clock()
+    assert 0 < remaining <= min(token["expires_in"], pollcache.MAX_AGE_S)
+
+
+# --- the listener against real Redis processes -----------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    from conftest import require_service
+
+    require_service(RedisProcess.available(), "redis-server is not installed")
+    (tmp_path / "redis").mkdir()
+    with RedisProcess(tmp_path / "redis") as server:
+        yield server
+
+
+def _listening(url: str) -> pollcache.PollCache:
+    cache = pollcache.PollCache(url)
+    cache.start()
+    wait_for(cache.subscribed.is_set, timeout=10, what="the poll cache to subscribe")
+    return cache
+
+
+def test_a_published_event_reaches_the_cache_through_redis(private_redis: RedisProcess) -> None:
+    from sentinel_cp import events
+
+    cache = _listening(private_redis.url())
+    try:
+        cache.remember(KEY, '"e1"', "p1", cache.version)
+        redis.Redis.from_url(private_redis.url()).publish(
+            events.CHANNEL, '{"project": "p1", "kind": "node", "id": "x", "state": "assigned"}'
+        )
+        wait_for(lambda: cache.etag_for(KEY) is None, timeout=10, what="the entry to go")
+    finally:
+        cache.stop()
+
+
+def test_a_killed_subscription_forgets_everything_until_subscribed_again(
+    private_redis: RedisProcess,
+) -> None:
+    cache = _listening(private_redis.url())
+    try:
+        cache.remember(KEY, '"e1"', "p1", cache.version)
+        assert cache.etag_for(KEY) == '"e1"'
+        floor = cache.floor
+        killed = redis.Redis.from_url(private_redis.url()).client_kill_filter(_type="pubsub")
+        assert killed == 1
+        wait_for(lambda: cache.floor > floor, timeout=10, what="the cache to forget")
+        assert cache.etag_for(KEY) is None
+        wait_for(cache.subscribed.is_set, timeout=10, what="the cache to subscribe again")
+        cache.remember(KEY, '"e2"', "p1", cache.version)
+        assert cache.etag_for(KEY) == '"e2"'
+    finally:
+        cache.stop()
+
+
+def test_a_frozen_redis_turns_the_cache_off(private_redis: RedisProcess) -> None:
+    """Frozen, Redis closes nothing: only the unanswered ping shows that events published
+    meanwhile may never arrive."""
+    cache = _listening(private_redis.url())
+    try:
+        cache.remember(KEY, '"e1"', "p1", cache.version)
+        private_redis.freeze()
+        try:
+            wait_for(
+                lambda: not cache.subscribed.is_set(),
+                timeout=pollcache.HEALTH_CHECK_S + pollcache.PONG_TIMEOUT_S + 5,
+                what="the listener to notice the frozen Redis",
+            )
+            assert cache.etag_for(KEY) is None and not cache.entries
+        finally:
+            private_redis.thaw()
+        wait_for(cache.subscribed.is_set, timeout=15, what="the cache to subscribe again")
+    finally:
+        cache.stop()
