@@ -62,6 +62,7 @@ from bench.heartbeat import (  # noqa: E402
     _wrk,
     api_server,
     bench_database,
+    workers_note,
 )
 from bench.validate import generate_config  # noqa: E402
 
@@ -315,6 +316,7 @@ def _poll_figure(
         "polls_with_another_status": wrong,
         "latency_ms": {"p50": polls["p50"], "p99": polls["p99"]},
         "baseline_latency_ms": {"p50": trivial["p50"], "p99": trivial["p99"]},
+        "workers": workers_note(polls, trivial),
     }
 
 
