@@ -155,6 +155,44 @@ def test_a_rolling_rollout_completes_step_by_step(
     assert actions[-1] == "rollout.completed"
 
 
+def test_only_reports_that_can_advance_a_rollout_ask_for_a_tick(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    """`downloaded`, `staged` and `activated` leave a node in progress; `verified` (and
+    `failed`) may complete or pause the step, so only they enqueue a tick at once."""
+    import redis
+    from rq import Queue
+
+    response = create(client, key, bundle_id=bundle_id, strategy="all_at_once")
+    assert response.status_code == 201, response.get_json()
+    run_jobs(app, backend.redis_url)
+    queue = Queue("default", connection=redis.Redis.from_url(backend.redis_url))
+    (node_id, node_key), (other_id, other_key) = fleet[0], fleet[1]
+    queued: dict[str, bool] = {}
+    for node, node_key_, state in (
+        (node_id, node_key, "downloaded"),
+        (node_id, node_key, "staged"),
+        (node_id, node_key, "activated"),
+        (node_id, node_key, "verified"),
+        (other_id, other_key, "failed"),
+    ):
+        queue.empty()
+        reply = client.post(
+            f"/api/v1/nodes/{node}/bundles/{bundle_id}/{state}",
+            json={"reason": "test"} if state == "failed" else {},
+            headers={"X-Sentinel-Node-Key": node_key_},
+        )
+        assert reply.status_code == 200, reply.get_json()
+        queued[state] = any(j.startswith("tick-") for j in queue.get_job_ids())
+    assert queued == {
+        "downloaded": False,
+        "staged": False,
+        "activated": False,
+        "verified": True,
+        "failed": True,
+    }
+
+
 def test_nodes_in_a_running_rollout_are_told_to_come_back_sooner(
     client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
 ) -> None:

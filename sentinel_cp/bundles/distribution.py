@@ -27,6 +27,10 @@ PROGRESS = ("assigned", "downloaded", "staged", "activated", "verified")
 # `skipped` is the engine's: the rollout went on without the node, so its late reports are
 # refused like any report after a final state.
 FINAL = ("verified", "failed", "rolled_back", "skipped")
+# The reports that can change a node's outcome in a rollout (`rollouts.decide.node_outcome`):
+# `downloaded`, `staged` and `activated` leave it in progress (an activation counts only with
+# a heartbeat after it), so ticking on them only made a 1,000-node rollout tick back to back.
+ADVANCING = ("verified", "failed", "rolled_back")
 REPORTABLE = ("downloaded", "staged", "activated", "verified", "failed", "rolled_back")
 
 
@@ -227,8 +231,8 @@ def report_status(
         now=now,
     )
     events.publish_after_commit(project_id, "node", node_id, f"bundle_{state}")
-    if row.rollout_id is not None:
-        # a report can advance the step: tick now rather than at the next sweep
+    if row.rollout_id is not None and state in ADVANCING:
+        # this report can advance the step: tick now rather than at the next sweep
         jobqueue.enqueue_after_commit(
             "tick_rollout", str(row.rollout_id), job_id=f"tick-{row.rollout_id}"
         )
