@@ -286,3 +286,21 @@ def test_admin_logs_in_to_the_console_in_chromium(embedded_server: Server, chrom
     wait.until(ec.url_contains("/login"))
     chromium.get(f"{embedded_server.url}/")
     wait.until(ec.url_contains("/login"))
+
+
+def test_gunicorn_workers_switch_threads_every_millisecond() -> None:
+    """`gunicorn.conf.py` (read from the working directory by the Procfile's `api`) lowers the
+    GIL switch interval in each worker it forks."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", ROOT / "gunicorn.conf.py")
+    assert spec is not None and spec.loader is not None
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    before = sys.getswitchinterval()
+    try:
+        config.post_fork(None, None)
+        assert sys.getswitchinterval() == config.SWITCH_INTERVAL_S == 0.001
+    finally:
+        sys.setswitchinterval(before)
