@@ -1279,7 +1279,7 @@ def _rolling_figure(
             "to_100_percent_verified_s": _seconds(seen.get("100%")),
             "rollout_get_ms": _summary(rolling["timeline"].poll_ms),
             "final_state": rolling["timeline"].body.get("state"),
-        "final_reason": rolling["timeline"].body.get("reason"),
+            "final_reason": rolling["timeline"].body.get("reason"),
             "bench_limit_s": rolling["limit_s"],
             "steps_completed": sum(1 for step in steps if step["state"] == "completed"),
             "final_progress": rolling["timeline"].body.get("progress"),
