@@ -1216,6 +1216,25 @@ def _figures(
     return figures
 
 
+def _head(
+    value: float | None,
+    baseline: float | None,
+    common: dict[str, Any],
+    target_s: float,
+    what: str,
+) -> dict[str, Any]:
+    """What every propagation figure starts with: the value, its baseline and target."""
+    return {
+        "value": _seconds(value),
+        "unit": "s",
+        "baseline": _seconds(baseline),
+        **common,
+        "ratio": round(value / baseline, 2) if value and baseline else None,
+        "target_s": target_s,
+        "what": what,
+    }
+
+
 def _all_at_once_figure(
     layout: str,
     common: dict[str, Any],
@@ -1228,13 +1247,13 @@ def _all_at_once_figure(
     value = seen.get("100%")
     return {
         f"rollout_all_at_once_s_{layout}": {
-            "value": _seconds(value),
-            "unit": "s",
-            "baseline": _seconds(baseline),
-            **common,
-            "ratio": round(value / baseline, 2) if value and baseline else None,
-            "target_s": ALL_AT_ONCE_TARGET_S,
-            "what": "create call → 100 % of nodes verified (progress.verified == total)",
+            **_head(
+                value,
+                baseline,
+                common,
+                ALL_AT_ONCE_TARGET_S,
+                "create call → 100 % of nodes verified (progress.verified == total)",
+            ),
             "to_50_percent_s": _seconds(seen.get("50%")),
             "to_90_percent_s": _seconds(seen.get("90%")),
             "to_completed_s": _seconds(seen.get("completed")),
@@ -1269,13 +1288,13 @@ def _rolling_figure(
     steps = _rolling_steps(rolling["timeline"].body, rolling["phases"])
     return {
         f"rollout_rolling_10_steps_s_{layout}": {
-            "value": _seconds(value),
-            "unit": "s",
-            "baseline": _seconds(baseline),
-            **common,
-            "ratio": round(value / baseline, 2) if value and baseline else None,
-            "target_s": ROLLING_TARGET_S,
-            "what": "create call → rollout completed (rolling, batch_percent 10, bake_s 0)",
+            **_head(
+                value,
+                baseline,
+                common,
+                ROLLING_TARGET_S,
+                "create call → rollout completed (rolling, batch_percent 10, bake_s 0)",
+            ),
             "to_100_percent_verified_s": _seconds(seen.get("100%")),
             "rollout_get_ms": _summary(rolling["timeline"].poll_ms),
             "final_state": rolling["timeline"].body.get("state"),
