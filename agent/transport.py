@@ -51,8 +51,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, *, max_connections: int = 16, timeout_s: float = 10.0) -> None:
         self.max_connections = max_connections
+        # `connect` would also count the wait for a free pooled connection (httpx's pool=None
+        # waited for one without limit); only the socket's own connect and reads are timed.
         self.timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+            total=None, connect=None, sock_connect=timeout_s, sock_read=timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
 

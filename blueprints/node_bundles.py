@@ -46,6 +46,8 @@ def cached_not_modified(node_id: str) -> Response | None:
     if not value:
         return None
     key = cache.credential_key(node_id, header, value)
+    if key is None:
+        return None
     g.poll_cache = (cache, key, cache.version)  # the version before the database read
     etag = cache.etag_for(key) if request.if_none_match else None
     if etag is None or not request.if_none_match.contains(etag):

@@ -96,7 +96,7 @@ def test_entries_expire_with_the_token_and_after_max_age() -> None:
     clock.now += pollcache.MAX_AGE_S
     assert cache.etag_for(("n2", "d")) is None
     cache.remember(KEY, '"expired"', "p1", cache.version, valid_for_s=-1)
-    assert KEY not in cache.entries
+    assert KEY[0] not in cache.entries
 
 
 def test_nothing_is_remembered_or_answered_while_not_subscribed() -> None:
@@ -105,14 +105,43 @@ def test_nothing_is_remembered_or_answered_while_not_subscribed() -> None:
     cache.subscribed.clear()
     assert cache.etag_for(KEY) is None
     cache.remember(("n2", "d"), '"e2"', "p1", cache.version)
-    assert ("n2", "d") not in cache.entries
+    assert "n2" not in cache.entries
 
 
-def test_the_cache_is_bounded() -> None:
-    cache = subscribed_cache()
-    for i in range(pollcache.MAX_ENTRIES + 1):
+def test_the_cache_is_bounded_and_drops_its_oldest_entries_first() -> None:
+    clock = Clock()
+    cache = subscribed_cache(clock)
+    cache.remember(("expiring", "d"), '"e"', "p1", cache.version, valid_for_s=1)
+    for i in range(pollcache.MAX_ENTRIES - 1):
         cache.remember((str(i), "d"), '"e"', "p1", cache.version)
-    assert len(cache.entries) <= pollcache.MAX_ENTRIES
+    clock.now += 1
+    cache.remember(("new", "d"), '"e"', "p1", cache.version)  # room made by the expired one
+    assert len(cache.entries) == pollcache.MAX_ENTRIES
+    assert "expiring" not in cache.entries and cache.etag_for(("0", "d")) == '"e"'
+    cache.remember(("newer", "d"), '"e"', "p1", cache.version)  # full: the older half goes
+    assert len(cache.entries) <= pollcache.MAX_ENTRIES // 2 + 1
+    assert "0" not in cache.entries
+    assert cache.etag_for(("new", "d")) == '"e"' and cache.etag_for(("newer", "d")) == '"e"'
+
+
+def test_one_entry_per_node_whatever_the_spelling_or_the_credential() -> None:
+    """A node id in any form `uuid.UUID` reads, and the many spellings of one bearer header,
+    are one entry; another credential of the same node replaces it rather than adding one."""
+    cache = subscribed_cache()
+    node = "6a20800c-1922-48cf-a6d7-68dde91fb57d"
+    spellings = [node, node.upper(), "{" + node + "}", "urn:uuid:" + node, node.replace("-", "")]
+    keys = {cache.credential_key(n, "Authorization", "Bearer tok") for n in spellings}
+    keys |= {cache.credential_key(node, "Authorization", h) for h in ("bearer  tok", "BEARER tok")}
+    assert len(keys) == 1
+    assert cache.credential_key("not-a-uuid", "Authorization", "Bearer tok") is None
+    by_key = cache.credential_key(node, "X-Sentinel-Node-Key", "nk_x")
+    assert by_key == cache.credential_key(node, "X-Zentinel-Node-Key", "nk_x")
+    [token_key] = keys
+    assert by_key is not None and by_key != token_key
+    cache.remember(token_key, '"t"', "p1", cache.version)
+    cache.remember(by_key, '"k"', "p1", cache.version)
+    assert list(cache.entries) == [node]
+    assert cache.etag_for(by_key) == '"k"' and cache.etag_for(token_key) is None
 
 
 # --- through the API, both backends ---------------------------------------------------------
@@ -302,7 +331,9 @@ def test_a_token_is_answered_from_memory_only_until_it_expires(
         cached_answer = client.get(url, headers={**headers, "If-None-Match": etag})
     assert cached_answer.status_code == 304 and statements.count == 0
     key = cache.credential_key(node_id, "Authorization", headers["Authorization"])
-    entry = cache.entries[key]
+    assert key is not None
+    entry = cache.entries[key[0]]
+    assert entry.credential == key[1]
     remaining = entry.good_until - cache.clock()
     assert 0 < remaining <= min(token["expires_in"], pollcache.MAX_AGE_S)
 

@@ -4,8 +4,8 @@ A poll is what every node sends every poll interval, and in a steady fleet nearl
 is 304. `spec/node-protocol.md` asks that a poll cost at most one indexed read and encourages
 serving 304s from a cache; this is that cache, one per process.
 
-What it remembers: for a credential (sha256 of the node key, or of the bearer token) presented
-for a node, the ETag it was last answered with, which project that node belongs to, and until
+What it remembers: per node, the credential last answered (sha256 of the node key, or of the
+bearer token) and the ETag it was answered with, which project that node belongs to, and until
 when the credential is good (a token's `exp`; `MAX_AGE_S` at most). A poll whose
 `If-None-Match` holds that ETag gets 304 at once; anything else takes the normal path (which
 authenticates, answers and remembers).
@@ -23,7 +23,8 @@ everything is forgotten. An event its publisher failed to send (logged as "event
 published") is the one thing this cannot see: `MAX_AGE_S` bounds how long such an answer
 stays.
 
-Bounded: at most `MAX_ENTRIES` entries (then it starts over), so memory stays O(fleet).
+Bounded: one entry per node, at most `MAX_ENTRIES` (then expired entries go, and if need be
+the older half), so memory stays O(fleet) whatever a node sends.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ import json
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from sentinel_cp.events import CHANNEL
 
@@ -48,8 +52,9 @@ PONG_TIMEOUT_S = 2.0  # a Redis slower than this to answer a ping counts as gone
 RECONNECT_S = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
+    credential: str  # sha256 of the normalised credential that was answered
     etag: str
     project: str
     read_at_version: int
@@ -62,7 +67,7 @@ class PollCache:
     def __init__(self, redis_url: str, *, clock: Any = time.monotonic) -> None:
         self.redis_url = redis_url
         self.clock = clock
-        self.entries: dict[tuple[str, str], Entry] = {}
+        self.entries: dict[str, Entry] = {}  # one per node: the credential it last answered
         self.version = 0
         self.invalidated_at: dict[str, int] = {}  # project id -> version of its last event
         self.floor = 0  # entries read before this version are never trusted
@@ -74,23 +79,35 @@ class PollCache:
     # --- the request side ---------------------------------------------------------------------
 
     @staticmethod
-    def credential_key(node_id: str, header: str, value: str) -> tuple[str, str]:
-        digest = hashlib.sha256(f"{header}\n{value}".encode()).hexdigest()
-        return node_id, digest
+    def credential_key(node_id: str, header: str, value: str) -> tuple[str, str] | None:
+        """(node, credential digest), both normalised the way the server reads them — so the
+        many spellings of one node id or one bearer header are one entry; None for a node id
+        the server would refuse anyway."""
+        try:
+            node = str(uuid.UUID(node_id))
+        except ValueError:
+            return None
+        if header == "Authorization":
+            scheme, _, token = value.partition(" ")
+            credential = f"bearer {token.strip()}" if scheme.lower() == "bearer" else value
+        else:
+            credential = f"key {value}"
+        return node, hashlib.sha256(credential.encode()).hexdigest()
 
     def etag_for(self, key: tuple[str, str]) -> str | None:
         """The ETag this credential was last answered with, while still known to be current."""
         if not self.subscribed.is_set():
             return None
-        entry = self.entries.get(key)
-        if entry is None:
+        node, credential = key
+        entry = self.entries.get(node)
+        if entry is None or entry.credential != credential:
             return None
         if (
             entry.read_at_version < self.floor
             or entry.read_at_version < self.invalidated_at.get(entry.project, 0)
             or self.clock() >= entry.good_until
         ):
-            self.entries.pop(key, None)
+            self.entries.pop(node, None)
             return None
         return entry.etag
 
@@ -105,10 +122,21 @@ class PollCache:
         """Keep what a poll read at `read_at_version` (taken before its database read)."""
         if not self.subscribed.is_set() or valid_for_s <= 0:
             return
-        if len(self.entries) >= MAX_ENTRIES:
-            self.entries.clear()
+        node, credential = key
+        if len(self.entries) >= MAX_ENTRIES and node not in self.entries:
+            self._make_room()
         good_until = self.clock() + min(valid_for_s, MAX_AGE_S)
-        self.entries[key] = Entry(etag, project, read_at_version, good_until)
+        self.entries.pop(node, None)  # re-inserted last: the dict's order is age
+        self.entries[node] = Entry(credential, etag, project, read_at_version, good_until)
+
+    def _make_room(self) -> None:
+        """Drop expired entries; if that is not enough, the older half."""
+        now = self.clock()
+        for node in [n for n, e in list(self.entries.items()) if e.good_until <= now]:
+            self.entries.pop(node, None)
+        if len(self.entries) >= MAX_ENTRIES:
+            for node in list(self.entries)[: len(self.entries) // 2]:
+                self.entries.pop(node, None)
 
     # --- the listener side --------------------------------------------------------------------
 
@@ -153,7 +181,12 @@ class PollCache:
     def _listen(self) -> None:
         while not self.stopping.is_set():
             client = redis.Redis.from_url(
-                self.redis_url, socket_timeout=HEALTH_CHECK_S * 2, socket_connect_timeout=2
+                self.redis_url,
+                socket_timeout=HEALTH_CHECK_S * 2,
+                socket_connect_timeout=2,
+                # never reconnect and resubscribe behind our back: a lost connection must be
+                # seen here, since events published meanwhile are lost with it
+                retry=Retry(NoBackoff(), 0),
             )
             try:
                 self._session(client)
