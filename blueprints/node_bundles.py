@@ -24,7 +24,7 @@ from blueprints.schemas import (
     BundleStatusReportOut,
     PollOut,
 )
-from sentinel_cp import metrics, nodes, signing, storage
+from sentinel_cp import metrics, nodes, storage
 from sentinel_cp.bundles import distribution, pollcache
 from sentinel_cp.bundles.archive import MEDIA_TYPE
 from sentinel_cp.db import db
@@ -89,21 +89,19 @@ def poll(node: nodes.NodeContext) -> Any:
     metrics.NODE_POLLS.labels("304" if unchanged else "200").inc()
     response = Response(status=304) if unchanged else jsonify(answer)
     response.set_etag(etag)
-    _remember(etag, str(identity.project_id))
+    _remember(etag, node)
     return response
 
 
-def _remember(etag: str, project_id: str) -> None:
+def _remember(etag: str, node: nodes.NodeContext) -> None:
     remembered = g.pop("poll_cache", None)
     if remembered is None:
         return
     cache, key, version = remembered
-    header, value = node_auth.presented_credential()
     valid_for_s = pollcache.MAX_AGE_S
-    if header == "Authorization":  # good until the token expires (it was just verified)
-        claims = signing.read_token(value.partition(" ")[2].strip())[4]
-        valid_for_s = float(claims["exp"]) - time.time()
-    cache.remember(key, etag, project_id, version, valid_for_s)
+    if node.expires_at is not None:  # a token: good until it expires
+        valid_for_s = node.expires_at - time.time()
+    cache.remember(key, etag, str(node.node.project_id), version, valid_for_s)
 
 
 @route(

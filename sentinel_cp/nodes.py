@@ -338,12 +338,14 @@ class NodeContext:
     """An authenticated node with the project settings every node endpoint needs.
 
     `connection` is the hot-path connection the credential was read on (see
-    `db.hot_connection`), when the endpoint asked for one.
+    `db.hot_connection`), when the endpoint asked for one. `expires_at` is when the credential
+    stops being good (a token's `exp`, Unix seconds); None for a node key.
     """
 
     node: NodeIdentity
     settings: ProjectSettings
     connection: Connection | None = None
+    expires_at: int | None = None
 
 
 def _identity(row: Any) -> NodeIdentity:
@@ -406,7 +408,9 @@ def authenticate_token(
     identity = _identity(row)
     if row.key_hash is None or claims.get("ver") != identity.key_version:
         raise Unauthorized("Token was revoked", code="token_revoked")
-    return NodeContext(identity, ProjectSettings.model_validate(row.settings), connection)
+    return NodeContext(
+        identity, ProjectSettings.model_validate(row.settings), connection, claims["exp"]
+    )
 
 
 def require_same_node(ctx: NodeContext, path_node_id: uuid.UUID) -> None:
