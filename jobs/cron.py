@@ -30,6 +30,7 @@ class PeriodicJob:
 
 PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob(maintenance.record_beat, interval_s=10, timeout_s=30),
+    PeriodicJob(maintenance.link_audit_chains, interval_s=10, timeout_s=120),
     PeriodicJob(fleet.mark_stale_nodes, interval_s=15, timeout_s=120),
     PeriodicJob(fleet.prune_node_history, interval_s=3600, timeout_s=600),
     PeriodicJob(drift.detect_drift, interval_s=30, timeout_s=120),

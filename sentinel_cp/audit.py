@@ -3,12 +3,24 @@
 Rows are hash-chained per project (plus one "global" chain for users, API keys and sessions).
 Each row stores its chain, a gap-free sequence number, the previous row's hash and its own
 hash over a canonical JSON of everything it says. `record` only queues a row on the session;
-the rows are linked when the transaction commits (`_link_pending`, a `before_commit` hook):
-one `UPDATE … RETURNING` per chain takes the chain head's row lock (the write lock on
-SQLite) and the next sequence numbers, so two writers can never fork a chain, and the lock is
-held for the commit's last statements rather than from the first audited change of a request
-to its end — node reports of a 1,000-node rollout used to queue on it. Chains are locked in
-a fixed order, so two transactions writing to two chains cannot deadlock. `verify_chain`
+how it is linked into its chain depends on the database:
+
+- **SQLite** (one writer at a time anyway): just before the commit (`_link_pending`, a
+  `before_commit` hook), one `UPDATE … RETURNING` per chain takes the next sequence numbers
+  under the database's write lock.
+- **PostgreSQL**: the row commits *unlinked* (no sequence number, no hashes) with the change it
+  records, and is linked right after that commit by `link_chain`, in a transaction of its own
+  that takes the chain head with `FOR UPDATE SKIP LOCKED`. Requests therefore never wait for
+  each other on a project's chain head (node reports of a 1,000-node rollout used to queue on
+  it, ~115 commits/s). Whoever holds the head links every unlinked row it finds and looks again
+  after its commit, so a row whose own linker found the head taken is linked by the holder: the
+  row committed before the holder released the head, and the holder's next look sees it. A
+  process that dies between the two commits leaves its rows for the next link on that chain or
+  for `link_all`, which the cron runs every few seconds.
+
+Until it is linked a row is not listed, exported or verified (`seq IS NULL`), and it is not yet
+tamper-evident; that window is milliseconds, at most the cron interval. Chains are locked in a
+fixed order, so two transactions writing to two chains cannot deadlock. `verify_chain`
 recomputes every hash and reports the first row that was edited, or the row after a deleted
 one.
 """
@@ -19,13 +31,17 @@ import csv
 import hashlib
 import io
 import json
+import logging
+import secrets
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, event, select, update
+from sqlalchemy import Connection, Engine, Index, Integer, String, event, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -41,6 +57,8 @@ from sentinel_cp.db import (
     utcnow,
 )
 from sentinel_cp.pagination import Page, decode_cursor, encode_cursor
+
+log = logging.getLogger(__name__)
 
 GLOBAL_CHAIN = "global"
 GENESIS_HASH = "0" * 64
@@ -73,11 +91,17 @@ class AuditLog(db.Model):  # type: ignore[name-defined]
     __table_args__ = (
         Index("uq_audit_logs_chain_seq", "chain", "seq", unique=True),
         Index("ix_audit_logs_project_created", "project_id", "created_at"),
+        Index(
+            "ix_audit_logs_unlinked",
+            "chain",
+            postgresql_where=text("seq IS NULL"),
+            sqlite_where=text("seq IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     chain: Mapped[str] = mapped_column(String(40), nullable=False)
-    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    seq: Mapped[int | None] = mapped_column(Integer)  # NULL until linked (PostgreSQL)
     # No foreign key: the log outlives the projects it talks about, and nulling the column
     # on delete would break the row's hash.
     project_id: Mapped[uuid.UUID | None] = mapped_column(nullable=True)
@@ -90,8 +114,8 @@ class AuditLog(db.Model):  # type: ignore[name-defined]
     resource_id: Mapped[str | None] = mapped_column(String(64))
     changes: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, nullable=False, default=dict)
-    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
-    entry_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    entry_hash: Mapped[str | None] = mapped_column(String(64))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,8 +164,8 @@ def compute_hash(row: AuditLog) -> str:
 
 
 def _advance_head(session: Session, chain: str, count: int) -> tuple[int, str]:
-    """Lock the chain head and take `count` sequence numbers; returns the first number and
-    the hash it links to. The head is created on first use."""
+    """Lock the chain head and take `count` sequence numbers (SQLite); returns the first
+    number and the hash it links to. The head is created on first use."""
     take = (
         update(AuditChainHead)
         .where(AuditChainHead.chain == chain)
@@ -150,9 +174,8 @@ def _advance_head(session: Session, chain: str, count: int) -> tuple[int, str]:
     )
     taken = session.execute(take).one_or_none()
     if taken is None:
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         session.execute(
-            insert(AuditChainHead)
+            sqlite_insert(AuditChainHead)
             .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
             .on_conflict_do_nothing(index_elements=["chain"])
         )
@@ -162,6 +185,28 @@ def _advance_head(session: Session, chain: str, count: int) -> tuple[int, str]:
 
 
 PENDING_KEY = "audit_pending"
+_id_clock = (0, 0)  # (milliseconds, counter) of the last `_ordered_id`
+_id_lock = threading.Lock()
+
+
+def _ordered_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562: 48-bit Unix milliseconds, then a 12-bit counter), strictly
+    increasing within this process, so rows one transaction records at the same `created_at`
+    are linked in the order they were recorded (`link_chain` orders by created_at, id)."""
+    global _id_clock
+    with _id_lock:
+        now_ms = time.time_ns() // 1_000_000
+        last_ms, counter = _id_clock
+        if now_ms > last_ms:
+            now_ms, counter = now_ms, 0
+        elif counter < 0xFFF:
+            now_ms, counter = last_ms, counter + 1
+        else:
+            now_ms, counter = last_ms + 1, 0
+        _id_clock = (now_ms, counter)
+    value = (now_ms & (2**48 - 1)) << 80 | 0x7 << 76 | counter << 64
+    value |= 0b10 << 62 | secrets.randbits(62)
+    return uuid.UUID(int=value)
 
 
 def record(
@@ -179,7 +224,7 @@ def record(
     caller commits, and dropped with the (sub)transaction if that rolls back. The returned row
     has its id but no sequence number or hashes until then."""
     row = AuditLog(
-        id=new_id(),
+        id=_ordered_id(),
         chain=chain_key(project_id),
         project_id=project_id,
         created_at=now or utcnow(),
@@ -197,15 +242,24 @@ def record(
     return row
 
 
+LINK_KEY = "audit_link_chains"
+LINK_BATCH = 1000
+
+
 @event.listens_for(Session, "before_commit")
 def _link_pending(session: Session) -> None:
-    """Chain and add the rows queued by `record`, chains in a fixed order."""
+    """Add the rows queued by `record`: linked now on SQLite (chains in a fixed order),
+    unlinked on PostgreSQL, their chains remembered for `_link_after_commit`."""
     pending = take_committed(session, PENDING_KEY)
     if not pending:
         return
     by_chain: dict[str, list[AuditLog]] = {}
     for row in pending:
         by_chain.setdefault(row.chain, []).append(row)
+    if session.get_bind().dialect.name == "postgresql":
+        session.add_all(pending)
+        session.info.setdefault(LINK_KEY, set()).update(by_chain)
+        return
     for chain in sorted(by_chain):
         rows = by_chain[chain]
         seq, prev_hash = _advance_head(session, chain, len(rows))
@@ -217,6 +271,73 @@ def _link_pending(session: Session) -> None:
         session.execute(
             update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=prev_hash)
         )
+
+
+@event.listens_for(Session, "after_commit", insert=True)
+def _link_after_commit(session: Session) -> None:
+    """Link what this commit wrote (PostgreSQL), before its events go out. The change itself
+    is committed: a failure here is logged and left to the next linker, never raised."""
+    chains = session.info.pop(LINK_KEY, None)
+    if not chains:
+        return
+    bind = session.get_bind()
+    for chain in sorted(chains):
+        try:
+            link_chain(bind, chain)
+        except Exception:  # the sweep links it; the caller's commit stands
+            log.exception("audit: linking chain %s failed; the cron sweep will link it", chain)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_links(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:
+        session.info.pop(LINK_KEY, None)  # a commit that failed after `_link_pending`
+
+
+def link_chain(bind: Engine | Connection, chain: str) -> int:
+    """Link `chain`'s unlinked rows, oldest first, in transactions of their own; returns how
+    many. Returns at once when another linker holds the chain head: it looks again after its
+    commit and finds whatever committed meanwhile. Safe to run anywhere, any number of times."""
+    linked = 0
+    while True:
+        with Session(bind=bind, autoflush=False) as session, session.begin():
+            head = session.scalars(
+                select(AuditChainHead)
+                .where(AuditChainHead.chain == chain)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if head is None:
+                held = select(AuditChainHead.chain).where(AuditChainHead.chain == chain)
+                if session.scalar(held) is not None:
+                    return linked
+                session.execute(
+                    pg_insert(AuditChainHead)
+                    .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
+                    .on_conflict_do_nothing(index_elements=["chain"])
+                )
+                continue  # commit the new head, then take it
+            rows = session.scalars(
+                select(AuditLog)
+                .where(AuditLog.chain == chain, AuditLog.seq.is_(None))
+                .order_by(AuditLog.created_at, AuditLog.id)
+                .limit(LINK_BATCH)
+            ).all()
+            if not rows:
+                return linked
+            seq, prev_hash = head.seq, head.last_hash
+            for row in rows:
+                seq += 1
+                row.seq, row.prev_hash = seq, prev_hash
+                row.entry_hash = prev_hash = compute_hash(row)
+            head.seq, head.last_hash = seq, prev_hash
+        linked += len(rows)
+
+
+def link_all(bind: Engine) -> int:
+    """Link every chain's unlinked rows (the cron's sweep; nothing to do on SQLite)."""
+    with bind.connect() as conn:
+        chains = conn.scalars(select(AuditLog.chain).where(AuditLog.seq.is_(None)).distinct()).all()
+    return sum(link_chain(bind, chain) for chain in sorted(chains))
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +370,7 @@ def verify_chain(project_id: uuid.UUID | None) -> ChainVerdict:
     checked = 0
     rows = db.session.execute(
         select(AuditLog)
-        .where(AuditLog.chain == chain)
+        .where(AuditLog.chain == chain, AuditLog.seq.is_not(None))
         .order_by(AuditLog.seq)
         .execution_options(yield_per=500)
     ).scalars()
@@ -289,7 +410,9 @@ class AuditFilter:
 
 
 def _filtered(project_id: uuid.UUID | None, filters: AuditFilter) -> Any:
-    query = select(AuditLog).where(AuditLog.chain == chain_key(project_id))
+    query = select(AuditLog).where(
+        AuditLog.chain == chain_key(project_id), AuditLog.seq.is_not(None)
+    )
     if filters.actor:
         query = query.where(
             (AuditLog.actor_id == filters.actor) | (AuditLog.actor_label == filters.actor)

@@ -576,6 +576,107 @@ def test_concurrent_appends_to_one_chain_are_gap_free_and_valid(app: Any) -> Non
         assert _head(project["id"])[0] == total  # type: ignore[index]
 
 
+# --- linking: at commit on SQLite, right after it on PostgreSQL ------------------------------
+
+
+def _record_one(app: Any, pid: uuid.UUID, resource_id: str) -> None:
+    from sentinel_cp import audit
+    from sentinel_cp.audit import Actor
+    from sentinel_cp.db import db
+
+    with app.app_context():
+        audit.record(
+            Actor.system("test"),
+            "test.linked",
+            resource_type="test",
+            resource_id=resource_id,
+            project_id=pid,
+            now=T0 + timedelta(days=2),
+        )
+        db.session.commit()
+
+
+def _dialect(app: Any) -> str:
+    from sentinel_cp.db import db
+
+    with app.app_context():
+        return str(db.engine.dialect.name)
+
+
+def test_a_commit_never_waits_for_a_held_chain_head_on_postgres(app: Any) -> None:
+    """On PostgreSQL a request's transaction does not touch the chain head: with the head
+    locked by another transaction the audited commit returns, its row unlinked and not yet
+    listed or verified; the next linker links it. On SQLite the row is linked at commit."""
+    from sentinel_cp import audit
+    from sentinel_cp.db import db
+
+    project = seed_project(app)
+    pid = uuid.UUID(project["id"])
+    if _dialect(app) == "sqlite":
+        _record_one(app, pid, "sqlite")
+        assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6]
+        return
+    with app.app_context():
+        holder = db.engine.connect()
+        holder.execute(
+            text("SELECT seq FROM audit_chain_heads WHERE chain = :c FOR UPDATE"),
+            {"c": project["id"]},
+        )
+        try:
+            writer = threading.Thread(target=_record_one, args=(app, pid, "while-held"))
+            writer.start()
+            writer.join(timeout=30)
+            assert not writer.is_alive(), "the audited commit waited for the chain head"
+            rows = chain_rows(app, project["id"])
+            assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, None]
+            verdict = audit.verify_chain(pid)
+            assert (verdict.valid, verdict.checked) == (True, 5)
+            page = audit.list_entries(pid, audit.AuditFilter(), limit=50, cursor=None)
+            assert page.total == 5 and "test.linked" not in [r.action for r in page.items]
+            assert audit.link_chain(db.engine, project["id"]) == 0  # held elsewhere: skipped
+        finally:
+            holder.rollback()
+            holder.close()
+        assert audit.link_all(db.engine) == 1
+        assert audit.link_all(db.engine) == 0  # nothing left: a repeat does nothing
+        db.session.rollback()
+        verdict = audit.verify_chain(pid)
+        assert (verdict.valid, verdict.checked) == (True, 6)
+    assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failed_link_keeps_the_change_and_the_sweep_links_it(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A linker that fails after the commit (or a process that dies there) loses nothing:
+    the change and its row are committed, and the cron's sweep links the row later."""
+    from jobs import maintenance
+    from sentinel_cp import audit
+    from sentinel_cp.db import db
+
+    project = seed_project(app)
+    pid = uuid.UUID(project["id"])
+    real_link_chain = audit.link_chain
+
+    def broken(bind: Any, chain: str) -> int:
+        raise RuntimeError("connection lost while linking")
+
+    monkeypatch.setattr(audit, "link_chain", broken)
+    _record_one(app, pid, "orphan")  # no exception reaches the committer
+    monkeypatch.setattr(audit, "link_chain", real_link_chain)
+    expected = [1, 2, 3, 4, 5, 6] if _dialect(app) == "sqlite" else [1, 2, 3, 4, 5, None]
+    assert [r["seq"] for r in chain_rows(app, project["id"])] == expected
+    with app.app_context():
+        linked = audit.link_all(db.engine)
+    assert linked == (0 if _dialect(app) == "sqlite" else 1)
+    assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6]
+    with app.app_context():
+        verdict = audit.verify_chain(pid)
+        assert (verdict.valid, verdict.checked) == (True, 6)
+    monkeypatch.setattr(maintenance, "app_context", lambda: app.app_context())
+    assert maintenance.link_audit_chains() == 0  # the cron's job: nothing left to link
+
+
 # --- listing ------------------------------------------------------------------------------
 
 
