@@ -27,6 +27,7 @@ one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -39,9 +40,21 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Index, Integer, String, event, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    String,
+    bindparam,
+    event,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -141,8 +154,9 @@ def chain_key(project_id: uuid.UUID | None) -> str:
     return str(project_id) if project_id else GLOBAL_CHAIN
 
 
-def compute_hash(row: AuditLog) -> str:
-    """The SHA-256 over the canonical JSON of everything the row says, its link included."""
+def compute_hash(row: Any) -> str:
+    """The SHA-256 over the canonical JSON of everything the row says, its link included
+    (`row`: an `AuditLog`, or anything with its attributes)."""
     payload = {
         "id": str(row.id),
         "chain": row.chain,
@@ -294,43 +308,111 @@ def _forget_links(session: Session, transaction: Any) -> None:
         session.info.pop(LINK_KEY, None)  # a commit that failed after `_link_pending`
 
 
+_TABLE = AuditLog.__table__
+_HEADS = AuditChainHead.__table__
+_TAKE_HEAD = (
+    select(_HEADS.c.seq, _HEADS.c.last_hash)
+    .where(_HEADS.c.chain == bindparam("chain"))
+    .with_for_update(skip_locked=True)
+)
+_HEAD_EXISTS = select(_HEADS.c.chain).where(_HEADS.c.chain == bindparam("chain"))
+_UNLINKED = (
+    select(_TABLE)
+    .where(_TABLE.c.chain == bindparam("chain"), _TABLE.c.seq.is_(None))
+    .order_by(_TABLE.c.created_at, _TABLE.c.id)
+    .limit(LINK_BATCH)
+)
+_ANY_UNLINKED = (
+    select(_TABLE.c.id).where(_TABLE.c.chain == bindparam("chain"), _TABLE.c.seq.is_(None)).limit(1)
+)
+_SET_LINK = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("row_id"))
+    .values(
+        seq=bindparam("new_seq"), prev_hash=bindparam("new_prev"), entry_hash=bindparam("new_hash")
+    )
+)
+_SET_HEAD = (
+    update(_HEADS)
+    .where(_HEADS.c.chain == bindparam("head_chain"))
+    .values(seq=bindparam("new_seq"), last_hash=bindparam("new_hash"))
+)
+# Chains a thread of this process is linking, each with "a commit came in meanwhile".
+_linking: dict[str, bool] = {}
+_linking_lock = threading.Lock()
+
+
 def link_chain(bind: Engine | Connection, chain: str) -> int:
     """Link `chain`'s unlinked rows, oldest first, in transactions of their own; returns how
     many. Returns at once when another linker holds the chain head: it looks again after its
-    commit and finds whatever committed meanwhile. Safe to run anywhere, any number of times."""
+    commit and finds whatever committed meanwhile. Within one process a second caller only
+    tells the thread already linking the chain to look again. Safe to run anywhere, any
+    number of times."""
+    with _linking_lock:
+        if chain in _linking:
+            _linking[chain] = True
+            return 0
+        _linking[chain] = False
     linked = 0
-    while True:
-        with Session(bind=bind, autoflush=False) as session, session.begin():
-            head = session.scalars(
-                select(AuditChainHead)
-                .where(AuditChainHead.chain == chain)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if head is None:
-                held = select(AuditChainHead.chain).where(AuditChainHead.chain == chain)
-                if session.scalar(held) is not None:
+    try:
+        while True:
+            linked += _link_rows(bind, chain)
+            with _linking_lock:
+                if not _linking[chain]:
+                    del _linking[chain]
                     return linked
-                session.execute(
-                    pg_insert(AuditChainHead)
-                    .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
-                    .on_conflict_do_nothing(index_elements=["chain"])
+                _linking[chain] = False
+    except BaseException:
+        with _linking_lock:
+            _linking.pop(chain, None)
+        raise
+
+
+def _link_rows(bind: Engine | Connection, chain: str) -> int:
+    linked = 0
+    params = {"chain": chain}
+    with bind.connect() if isinstance(bind, Engine) else contextlib.nullcontext(bind) as conn:
+        while True:
+            with conn.begin():
+                head = conn.execute(_TAKE_HEAD, params).first()
+                if head is None:
+                    if conn.scalar(_HEAD_EXISTS, params) is not None:
+                        return linked  # held: its linker looks again after its commit
+                    conn.execute(
+                        pg_insert(AuditChainHead)
+                        .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
+                        .on_conflict_do_nothing(index_elements=["chain"])
+                    )
+                    continue  # commit the new head, then take it
+                rows = conn.execute(_UNLINKED, params).all()
+                if not rows:
+                    return linked
+                seq, prev_hash = head.seq, head.last_hash
+                links = []
+                for row in rows:
+                    seq += 1
+                    fields = SimpleNamespace(**row._mapping)
+                    fields.seq, fields.prev_hash = seq, prev_hash
+                    fields.meta = row._mapping["metadata"]
+                    entry_hash = compute_hash(fields)
+                    links.append(
+                        {
+                            "row_id": row.id,
+                            "new_seq": seq,
+                            "new_prev": prev_hash,
+                            "new_hash": entry_hash,
+                        }
+                    )
+                    prev_hash = entry_hash
+                conn.execute(_SET_LINK, links)
+                conn.execute(
+                    _SET_HEAD, {"head_chain": chain, "new_seq": seq, "new_hash": prev_hash}
                 )
-                continue  # commit the new head, then take it
-            rows = session.scalars(
-                select(AuditLog)
-                .where(AuditLog.chain == chain, AuditLog.seq.is_(None))
-                .order_by(AuditLog.created_at, AuditLog.id)
-                .limit(LINK_BATCH)
-            ).all()
-            if not rows:
-                return linked
-            seq, prev_hash = head.seq, head.last_hash
-            for row in rows:
-                seq += 1
-                row.seq, row.prev_hash = seq, prev_hash
-                row.entry_hash = prev_hash = compute_hash(row)
-            head.seq, head.last_hash = seq, prev_hash
-        linked += len(rows)
+            linked += len(rows)
+            # Look again without the lock: rows that committed while this one held it.
+            with conn.begin():
+                if conn.scalar(_ANY_UNLINKED, params) is None:
+                    return linked
 
 
 def link_all(bind: Engine) -> int:

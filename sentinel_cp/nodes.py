@@ -332,6 +332,31 @@ _KEY_LOOKUP = (
     .where(_NODES.c.key_hash == bindparam("digest"))
 )
 
+_SIGNING_KEYS = signing.SigningKey.__table__
+# Built once: building a statement costs more than running it (see `_heartbeat_update`).
+_TOKEN_LOOKUP = (
+    select(
+        *_IDENTITY_COLUMNS,
+        *_ASSIGNED_COLUMNS,
+        _ROLLOUT_STATE,
+        _NODES.c.key_hash,
+        _PROJECTS.c.settings,
+        _SIGNING_KEYS.c.public_key,
+        _SIGNING_KEYS.c.state,
+    )
+    .join(_PROJECTS, _PROJECTS.c.id == _NODES.c.project_id)
+    .join(
+        _SIGNING_KEYS,
+        and_(
+            _SIGNING_KEYS.c.project_id == _NODES.c.project_id,
+            _SIGNING_KEYS.c.kid == bindparam("kid"),
+        ),
+    )
+    .outerjoin(_BUNDLES, _BUNDLES.c.id == _NODES.c.assigned_bundle_id)
+    .outerjoin(_ROLLOUTS, _ROLLOUTS.c.id == _NODES.c.assigned_rollout_id)
+    .where(_NODES.c.id == bindparam("node_id"))
+)
+
 
 @dataclass(frozen=True)
 class NodeContext:
@@ -381,25 +406,9 @@ def authenticate_token(
         node_id = uuid.UUID(subject)
     except ValueError:
         raise Unauthorized("Token subject is not a node", code="invalid_token") from None
-    keys = signing.SigningKey.__table__
     row = (
         (connection or db.session.connection())
-        .execute(
-            select(
-                *_IDENTITY_COLUMNS,
-                *_ASSIGNED_COLUMNS,
-                _ROLLOUT_STATE,
-                _NODES.c.key_hash,
-                _PROJECTS.c.settings,
-                keys.c.public_key,
-                keys.c.state,
-            )
-            .join(_PROJECTS, _PROJECTS.c.id == _NODES.c.project_id)
-            .join(keys, and_(keys.c.project_id == _NODES.c.project_id, keys.c.kid == kid))
-            .outerjoin(_BUNDLES, _BUNDLES.c.id == _NODES.c.assigned_bundle_id)
-            .outerjoin(_ROLLOUTS, _ROLLOUTS.c.id == _NODES.c.assigned_rollout_id)
-            .where(_NODES.c.id == node_id)
-        )
+        .execute(_TOKEN_LOOKUP, {"node_id": node_id, "kid": kid})
         .first()
     )
     if row is None:
