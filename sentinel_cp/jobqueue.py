@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
 from sentinel_cp.db import queue_for_commit, take_committed
@@ -31,9 +31,18 @@ def configure(backend: Enqueue | None) -> None:
     _backend = backend
 
 
-def enqueue_after_commit(name: str, *args: Any, job_id: str, queue: str = "default") -> None:
-    """Ask for job `name(*args)` once the current transaction commits."""
-    queue_for_commit(_PENDING, (name, args, job_id, queue))
+def enqueue_after_commit(
+    name: str,
+    *args: Any,
+    job_id: str,
+    queue: str = "default",
+    when: Callable[[Connection], bool] | None = None,
+) -> None:
+    """Ask for job `name(*args)` once the current transaction commits; with `when`, only if
+    `when(connection)` holds then (read after the commit, so it sees every transaction that
+    committed before it: of two concurrent askers, the later one sees both). A `when` that
+    fails counts as true."""
+    queue_for_commit(_PENDING, (name, args, job_id, queue, when))
 
 
 def enqueue_now(name: str, *args: Any, job_id: str, queue: str = "default") -> None:
@@ -53,5 +62,18 @@ def _push(request: tuple[str, tuple[Any, ...], str, str]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _push_pending(session: Session) -> None:
-    for request in take_committed(session, _PENDING):
-        _push(request)
+    for name, args, job_id, queue, when in take_committed(session, _PENDING):
+        if when is None or _holds(when, session):
+            _push((name, args, job_id, queue))
+
+
+def _holds(when: Callable[[Connection], bool], session: Session) -> bool:
+    try:
+        bind = session.get_bind()
+        if isinstance(bind, Connection):
+            return when(bind)
+        with bind.connect() as connection:
+            return when(connection)
+    except Exception as exc:  # the job is cheaper than a missed one
+        log.warning("job condition failed (%s); enqueueing anyway", exc.__class__.__name__)
+        return True

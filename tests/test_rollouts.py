@@ -158,8 +158,9 @@ def test_a_rolling_rollout_completes_step_by_step(
 def test_only_reports_that_can_advance_a_rollout_ask_for_a_tick(
     client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
 ) -> None:
-    """`downloaded`, `staged` and `activated` leave a node in progress; `verified` (and
-    `failed`) may complete or pause the step, so only they enqueue a tick at once."""
+    """`downloaded`, `staged` and `activated` leave a node in progress; `failed` may pause the
+    step and `verified` may complete it, so they enqueue a tick at once — `verified` only when
+    no delivery of its step is still on its way (the last one of the step asks)."""
     import redis
     from rq import Queue
 
@@ -175,6 +176,7 @@ def test_only_reports_that_can_advance_a_rollout_ask_for_a_tick(
         (node_id, node_key, "activated"),
         (node_id, node_key, "verified"),
         (other_id, other_key, "failed"),
+        *[(n, k, "verified") for n, k in fleet[2:]],
     ):
         queue.empty()
         reply = client.post(
@@ -183,13 +185,17 @@ def test_only_reports_that_can_advance_a_rollout_ask_for_a_tick(
             headers={"X-Sentinel-Node-Key": node_key_},
         )
         assert reply.status_code == 200, reply.get_json()
-        queued[state] = any(j.startswith("tick-") for j in queue.get_job_ids())
+        queued[f"{fleet.index((node, node_key_))}:{state}"] = any(
+            j.startswith("tick-") for j in queue.get_job_ids()
+        )
     assert queued == {
-        "downloaded": False,
-        "staged": False,
-        "activated": False,
-        "verified": True,
-        "failed": True,
+        "0:downloaded": False,
+        "0:staged": False,
+        "0:activated": False,
+        "0:verified": False,  # nodes 2 and 3 are still on their way
+        "1:failed": True,
+        "2:verified": False,  # node 3 still is
+        "3:verified": True,  # the step's last delivery settled: it may complete
     }
 
 

@@ -7,13 +7,14 @@ goes through a rollout, so it is planned, gated and audited in one place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from sentinel_cp import audit, events, jobqueue, signing
 from sentinel_cp.audit import Actor
@@ -232,11 +233,28 @@ def report_status(
     )
     events.publish_after_commit(project_id, "node", node_id, f"bundle_{state}")
     if row.rollout_id is not None and state in ADVANCING:
-        # this report can advance the step: tick now rather than at the next sweep
+        # this report can advance the step: tick now rather than at the next sweep. A
+        # `verified` report can only finish a step that has no delivery left on its way.
+        step_done = None
+        if state == "verified":
+            step_done = functools.partial(_step_settled, row.rollout_id, row.step_index)
         jobqueue.enqueue_after_commit(
-            "tick_rollout", str(row.rollout_id), job_id=f"tick-{row.rollout_id}"
+            "tick_rollout", str(row.rollout_id), job_id=f"tick-{row.rollout_id}", when=step_done
         )
     return row, True
+
+
+def _step_settled(rollout_id: uuid.UUID, step_index: int | None, connection: Connection) -> bool:
+    """No delivery of this rollout step is still on its way (each is verified, failed, rolled
+    back or skipped). Deliveries the tick judges by other evidence (a heartbeat showing the
+    bundle active, a node gone offline) are left to the sweep's tick every few seconds."""
+    rows = NodeBundleStatus.__table__
+    on_its_way = select(rows.c.id).where(
+        rows.c.rollout_id == rollout_id,
+        rows.c.step_index == step_index,
+        rows.c.state.not_in(FINAL),
+    )
+    return connection.execute(on_its_way.limit(1)).first() is None
 
 
 def _may_move(current: str, new: str) -> bool:
