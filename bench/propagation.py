@@ -5,7 +5,7 @@ bench/heartbeat.py runs it (`-w 2 -k gthread --threads 8`) on PostgreSQL (a data
 creates and drops) and Redis (`BENCH_PROPAGATION_REDIS_URL`, default db 13, which must be empty
 at start and is flushed at the end), `BENCH_PROPAGATION_WORKERS` (2) separate processes running
 the Procfile's `worker` command and one running its `cron` command (`rollouts.sweep` asks for a
-tick of every running rollout every 5 s).
+tick of every running rollout every 2 s).
 `BENCH_PROPAGATION_LAYOUTS=api,web` adds `web`: `python app.py`, the embedded system (SQLite,
 the in-process Redis stand-in, one worker and one cron child).
 

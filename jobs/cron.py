@@ -34,7 +34,7 @@ PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob(fleet.mark_stale_nodes, interval_s=15, timeout_s=120),
     PeriodicJob(fleet.prune_node_history, interval_s=3600, timeout_s=600),
     PeriodicJob(drift.detect_drift, interval_s=30, timeout_s=120),
-    PeriodicJob(rollouts.sweep, interval_s=5, timeout_s=60),
+    PeriodicJob(rollouts.sweep, interval_s=2, timeout_s=60),
     PeriodicJob(bundles.recover_stuck_compiles, interval_s=30, timeout_s=60),
     PeriodicJob(bundles.collect_garbage, interval_s=3600, timeout_s=900),
     PeriodicJob(notifications.sweep_notifications, interval_s=10, timeout_s=60),

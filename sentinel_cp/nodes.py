@@ -260,13 +260,20 @@ class NodeIdentity:
     # The assigned bundle's row (id, version, status, size_bytes, signature, signing_key_id,
     # artifact_deleted_at), read in the same statement so a poll costs one indexed read.
     assigned: dict[str, Any] | None = None
-    # The state of the rollout that assigned it (same statement): while it runs, the node is
-    # told to come back sooner, so a step converges in seconds rather than poll intervals.
+    # The state of the rollout that assigned it (same statement): while it runs and the node
+    # is not yet running the bundle, the node is told to come back sooner, so a step converges
+    # in seconds rather than poll intervals.
     assigned_rollout_state: str | None = None
 
     def poll_after_s(self, settings: ProjectSettings) -> int:
-        """The `poll_after_s` to answer this node with (heartbeat and poll)."""
-        if self.assigned_rollout_state in ACTIVE_ROLLOUT_STATES:
+        """The `poll_after_s` to answer this node with (heartbeat and poll). A node already
+        running its assigned bundle is back on the project's interval: its next heartbeat is
+        the fresh one the gates need, and a big fleet's finished nodes no longer multiply the
+        heartbeat load (`docs/decisions.md`)."""
+        if (
+            self.assigned_rollout_state in ACTIVE_ROLLOUT_STATES
+            and self.active_bundle_id != self.assigned_bundle_id
+        ):
             return min(ROLLOUT_POLL_AFTER_S, settings.poll_interval_s)
         return settings.poll_interval_s
 

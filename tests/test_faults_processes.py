@@ -5,9 +5,9 @@ while nodes report.
 The control plane is `python app.py` (`SENTINEL_ENV=production`) on a database of this module's
 own, with the Procfile's `rq cron` and `python -m jobs.worker` processes (`fault_stack`) and
 Redis database 12 (flushed before and after). A worker is stopped *inside* a transaction from
-the outside, without hooks in the code: the test holds the project's audit chain head
-(`SELECT … FOR UPDATE`), which every audited transaction takes in its commit
-(`audit._link_pending`), after all its other writes. The worker is frozen (SIGSTOP) while the
+the outside, without hooks in the code: the test holds `audit_logs` in SHARE mode, which
+every audited transaction needs for its audit rows' INSERT, flushed in its commit
+(`audit._link_pending`) after all its other writes. The worker is frozen (SIGSTOP) while the
 operator's request and the lock are set up, then thawed; `pg_stat_activity` shows its session
 (named with `PGAPPNAME`) waiting on the test's lock and `pg_locks` what it has written; then
 worker and work horse are SIGKILLed and the lock is released. Nothing the dead transaction
@@ -195,18 +195,16 @@ def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
 
 
 @contextmanager
-def chain_head_locked(database_url: str, project_id: str) -> Iterator[int]:
-    """Hold the project's audit chain head (`FOR UPDATE`) in a transaction of our own: every
-    audited commit of the project waits for it. Yields our backend pid; rolls back on exit."""
+def audit_log_locked(database_url: str) -> Iterator[int]:
+    """Hold `audit_logs` in SHARE mode in a transaction of our own: every audited transaction
+    waits at its audit rows' INSERT, the flush its commit runs after all its other writes.
+    Yields our backend pid; rolls back on exit."""
     import psycopg
 
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
-        locked = conn.execute(
-            "SELECT chain FROM audit_chain_heads WHERE chain = %s FOR UPDATE", (project_id,)
-        ).fetchall()
-        assert locked, f"no audit chain head for project {project_id}"
+        conn.execute("LOCK TABLE audit_logs IN SHARE MODE")
         try:
             yield int(row[0])
         finally:
@@ -436,17 +434,17 @@ class KilledInCommit:
 def kill_in_last_commit(
     processes: Processes, worker: str, project_id: str, thaw: Callable[[], None], job: str
 ) -> KilledInCommit:
-    """Hold the project's audit chain head, `thaw()` the frozen worker, wait until its `job`
-    waits on that row lock (its last commit: seen in `pg_stat_activity`, no hook in the
-    code), SIGKILL worker and horse there, then wait for the dead session to end."""
+    """Hold the audit log, `thaw()` the frozen worker, wait until its `job` waits on that
+    table lock (its last commit: seen in `pg_stat_activity`, no hook in the code), SIGKILL
+    worker and horse there, then wait for the dead session to end."""
     database_url = processes.database_url
-    with chain_head_locked(database_url, project_id) as holder:
+    with audit_log_locked(database_url) as holder:
         before = snapshot(database_url, project_id)
         thaw()
         waiter: Waiter = wait_for(
             lambda: waiting_on(database_url, holder, worker),
             timeout=BLOCK_TIMEOUT_S,
-            what=f"{worker}'s {job} to wait on the audit chain head",
+            what=f"{worker}'s {job} to wait on the audit log",
         )
         written = tables_written(database_url, waiter.pid)
         killed = processes.kill_worker(worker)
@@ -465,7 +463,7 @@ def kill_in_last_commit(
 @pytest.mark.redis
 def test_worker_killed_inside_a_tick_transaction_leaves_no_half_step(processes: Processes) -> None:
     """Blue-green on 4 simulated nodes: the standby half verifies and the rollout awaits
-    promotion. With the worker frozen the operator promotes and the test takes the chain head;
+    promotion. With the worker frozen the operator promotes and the test takes the audit log;
     thawed, the worker's tick assigns the other half (step, nodes, delivery rows written) and
     waits in its commit. Killed there, nothing of that tick may show; a fresh worker and the
     cron sweep finish the rollout with each step started once, and a replayed tick writes
@@ -510,7 +508,7 @@ def test_worker_killed_inside_a_tick_transaction_leaves_no_half_step(processes: 
         summary = fleet.stop()
 
     # The worker was inside the tick's transaction, with the promote step written.
-    assert "audit_chain_heads" in waiter.query, waiter
+    assert "INSERT INTO audit_logs" in waiter.query, waiter
     assert {"rollouts", "rollout_steps", "nodes", "node_bundle_statuses"} <= written, written
     assert len(killed) == 2, f"the worker and its work horse: {killed}"
     # Nothing of it shows: the state is exactly the one before the tick.
@@ -609,7 +607,7 @@ def test_worker_killed_mid_compile_leaves_the_bundle_to_the_stuck_compile_sweep(
         compiled_rows = audit_actions(database_url, project_id, "bundle.compiled")
         chain = verified_chain(processes, ops.slug)
 
-    assert "audit_chain_heads" in waiter.query, waiter
+    assert "INSERT INTO audit_logs" in waiter.query, waiter
     assert "bundles" in written, written
     assert len(killed) == 2, killed
     # The kill left the committed claim and nothing of the finish.

@@ -216,6 +216,15 @@ def test_nodes_in_a_running_rollout_are_told_to_come_back_sooner(
     run_jobs(app, backend.redis_url)
     fast = (ROLLOUT_POLL_AFTER_S, ROLLOUT_POLL_AFTER_S)
     assert [poll_after(node) for node in fleet] == [fast, fast, (30, 30), (30, 30)]
+    # A node running its assigned bundle has converged: back on the project's interval.
+    for state in ("downloaded", "staged", "activated"):
+        reply = client.post(
+            f"/api/v1/nodes/{fleet[0][0]}/bundles/{bundle_id}/{state}",
+            json={},
+            headers={"X-Sentinel-Node-Key": fleet[0][1]},
+        )
+        assert reply.status_code == 200, reply.get_json()
+    assert [poll_after(node) for node in fleet[:2]] == [(30, 30), fast]
     paused = client.post(f"{BASE}/rollouts/{rollout_id}/pause", json={}, headers=bearer(key))
     assert paused.status_code == 200
     assert [poll_after(node) for node in fleet[:2]] == [(30, 30), (30, 30)]
