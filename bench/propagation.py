@@ -518,8 +518,8 @@ class Database:
             result.append((kind, " ".join(str(row.query).split())))
         return result
 
-    def progress(self, rollout_id: str) -> tuple[str, int, int]:
-        """(rollout state, deliveries verified, deliveries) of one rollout."""
+    def progress(self, rollout_id: str) -> tuple[str, int]:
+        """(rollout state, deliveries verified) of one rollout."""
         from sqlalchemy import func, select
 
         from sentinel_cp.bundles.models import NodeBundleStatus
@@ -531,12 +531,10 @@ class Database:
             state = conn.scalar(
                 select(Rollout.__table__.c.state).where(Rollout.__table__.c.id == rid)
             )
-            verified, total = conn.execute(
-                select(func.count().filter(rows.c.state == "verified"), func.count()).where(
-                    rows.c.rollout_id == rid
-                )
-            ).one()
-        return str(state), int(verified), int(total)
+            verified = conn.scalar(
+                select(func.count()).where(rows.c.rollout_id == rid, rows.c.state == "verified")
+            )
+        return str(state), int(verified or 0)
 
     def heartbeats_since(self, prefix: str, since: datetime) -> int:
         from sqlalchemy import func, select
@@ -969,9 +967,10 @@ def _follow(
     timeout: float,
     every: float,
     on_created: Callable[[str], None],
+    nodes: int,
 ) -> tuple[str, Timeline]:
-    """Create the rollout, then follow it in the database until it is terminal (or
-    `timeout`); the API's answer is read once at the end (`timeline.body`)."""
+    """Create the rollout over `nodes` nodes, then follow it in the database until it is
+    terminal (or `timeout`); the API's answer is read once at the end (`timeline.body`)."""
     timeline = Timeline()
     started = time.monotonic()
     response = client.post(f"{BASE}/rollouts", json=request)
@@ -982,11 +981,11 @@ def _follow(
     while True:
         now = time.monotonic() - started
         asked = time.perf_counter()
-        state, verified, total = db.progress(rollout_id)
+        state, verified = db.progress(rollout_id)
         timeline.poll_ms.append((time.perf_counter() - asked) * 1000)
-        share = verified / max(total, 1)
+        share = verified / max(nodes, 1)  # a rolling step's rows appear when it starts
         for mark in (0.5, 0.9, 1.0):
-            if total and share >= mark:
+            if share >= mark:
                 timeline.first_seen.setdefault(f"{round(mark * 100)}%", now)
         if state not in ("pending", "running") or now > timeout:
             timeline.first_seen.setdefault(state, now)
@@ -1145,7 +1144,7 @@ def measure(layout: str, nodes: int, *, quick: bool) -> dict[str, Any]:
                 with CpuMeter(sessions) as meter:
                     sampler.start()
                     rollout_id, timeline = _follow(
-                        client, db, request, timeout, _poll_every(nodes), sampler.watch
+                        client, db, request, timeout, _poll_every(nodes), sampler.watch, nodes
                     )
                 if timeline.body.get("state") in ("pending", "running", "paused"):
                     # timed out: stop it, so the next rollout's nodes are not busy

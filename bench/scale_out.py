@@ -419,7 +419,9 @@ def measure(apis: int, workers: int, nodes: int, interval: float, limit_s: float
             with TickWorkers(layout.redis_url) as sampler:
                 connections.start()
                 started = time.monotonic()
-                rollout_id, timeline = _follow(client, db, request, limit_s, 0.1, sampler.watch)
+                rollout_id, timeline = _follow(
+                    client, db, request, limit_s, 0.1, sampler.watch, nodes
+                )
             database = connections.stop(time.monotonic() - started)["database"]
             body = timeline.body
             if body.get("state") in ("pending", "running", "paused"):
