@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
 
 from bench.heartbeat import (  # noqa: E402
     CONCURRENCY,
+    QUICK_SECONDS,
     REDIS_URL,
     _register,
     _wrk,
@@ -322,7 +323,7 @@ def _poll_figure(
 
 def poll_figures(*, quick: bool) -> dict[str, Any]:
     """`bundle_polls_304_per_s_api` and `bundle_polls_200_per_s_api`."""
-    seconds = 10.0 if quick else 60.0
+    seconds = QUICK_SECONDS if quick else 60.0
     nodes = 500 if quick else 2000
     with (
         tempfile.TemporaryDirectory(prefix="sentinel-bench-poll-") as tmp_name,

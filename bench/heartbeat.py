@@ -39,6 +39,7 @@ CONCURRENCY = 16
 # The Procfile's `api` process: 2 workers with threads (sync workers close every connection).
 API_WORKER_ARGS = ("-w", "2", "-k", "gthread", "--threads", "8")
 BALANCE_ATTEMPTS = 8
+QUICK_SECONDS = 5.0  # per wrk run (QUICK); a full run takes 60 s
 PROBE_S = 1.5
 _GUNICORN_MASTERS: dict[str, int] = {}  # host:port -> pid of a running api_server's master
 MIN_GAP_S = 1.05
@@ -356,10 +357,10 @@ def workers_note(measured: dict[str, Any], baseline: dict[str, Any]) -> dict[str
 
 
 def run(*, quick: bool) -> dict[str, Any]:
-    seconds = 10.0 if quick else 60.0
+    seconds = QUICK_SECONDS if quick else 60.0
     figures: dict[str, Any] = {}
     for name, server, nodes in (
-        ("web", web_server, 800 if quick else 1500),
+        ("web", web_server, 500 if quick else 1500),
         ("api", api_server, 1500 if quick else 3000),
     ):
         with (
