@@ -343,7 +343,7 @@ def poll_figures(*, quick: bool) -> dict[str, Any]:
             )
             scripts[status] = tmp / f"poll-{status}.lua"
             scripts[status].write_text(WRK_POLL % (rows, status))
-        _wrk(f"{url}/health", 2)  # warm the workers and their connections
+        _wrk(f"{url}/health", 1)  # warm the workers and their connections
         trivial = _wrk(f"{url}/health", seconds)
         measured = {status: _wrk(url, seconds, script) for status, script in scripts.items()}
     figures = {

@@ -93,7 +93,7 @@ FULL = {
 QUICK = {
     "nodes": 300,
     "interval_s": SHORTEST_INTERVAL_S,
-    "registrations_per_s": 40,
+    "registrations_per_s": 80,
     "samples": 6,
     "phase_budget_s": 12.0,
     "online_timeout_s": 20.0,

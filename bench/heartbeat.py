@@ -324,7 +324,7 @@ def _measure(url: str, nodes: int, seconds: float, tmp: Path) -> dict[str, Any]:
     time.sleep(MIN_GAP_S)  # the protocol's 1/s per-node limit, not synchronisation
     script = tmp / "heartbeat.lua"
     script.write_text(WRK_HEARTBEAT % ",".join(f'{{"{n}","{k}"}}' for n, k in credentials))
-    _wrk(f"{url}/health", 2)  # warm the workers and their connections
+    _wrk(f"{url}/health", 1)  # warm the workers and their connections
     trivial = _wrk(f"{url}/health", seconds)
     beats = _wrk(url, seconds, script)
     return {
