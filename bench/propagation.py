@@ -93,10 +93,12 @@ from bench.heartbeat import (  # noqa: E402
     API_WORKER_ARGS,
     PASSWORD,
     POSTGRES_ADMIN_URL,
+    _balanced,
     _base_env,
     _free_port,
     _registration_token,
     _wait_ready,
+    _worker_cpu_s,
 )
 from bench.validate import generate_config  # noqa: E402
 
@@ -1141,11 +1143,23 @@ def measure(layout: str, nodes: int, *, quick: bool) -> dict[str, Any]:
                     continue
                 sampler = TickSampler(server.redis_url, db)
                 counters = db.table_counters()
+                master = sessions.get("api")
+                workers_before = _worker_cpu_s(master) if master else {}
                 with CpuMeter(sessions) as meter:
                     sampler.start()
                     rollout_id, timeline = _follow(
                         client, db, request, timeout, _poll_every(nodes), sampler.watch, nodes
                     )
+                if master:
+                    # The simulator keeps its connections: if the gunicorn worker that woke
+                    # first accepted all of them, one worker served the whole run (see
+                    # bench/heartbeat.py:_wrk). Said, not retried: a run takes minutes.
+                    workers_after = _worker_cpu_s(master)
+                    meter.result["api_workers_cpu_s"] = sorted(
+                        round(workers_after[pid] - workers_before.get(pid, 0.0), 2)
+                        for pid in workers_after
+                    )
+                    meter.result["api_workers_balanced"] = _balanced(workers_before, workers_after)
                 if timeline.body.get("state") in ("pending", "running", "paused"):
                     # timed out: stop it, so the next rollout's nodes are not busy
                     client.post(f"{BASE}/rollouts/{rollout_id}/cancel", json={"reason": "bench"})
@@ -1159,7 +1173,10 @@ def measure(layout: str, nodes: int, *, quick: bool) -> dict[str, Any]:
                     "cpu": meter.result,
                     "ticks": sampler.stop(meter.result["wall_s"]),
                 }
-                _log(f"{layout}: {name}: {timeline.first_seen} {timeline.body.get('progress')}")
+                _log(
+                    f"{layout}: {name}: {timeline.first_seen} {timeline.body.get('progress')}"
+                    f" api workers' CPU {meter.result.get('api_workers_cpu_s')}"
+                )
             last = results["rolling" if "rolling" in results else "all_at_once"]
             tick_cost = _tick_read_cost(server, last["rollout_id"])
             fleet = _simulator_summary(simulator, tmp)
