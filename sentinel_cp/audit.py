@@ -278,22 +278,14 @@ def _link_pending(session: Session) -> None:
     for chain in sorted(by_chain):
         rows = by_chain[chain]
         seq, prev_hash = _advance_head(session, chain, len(rows))
-        prev_hash = _chain(rows, seq, prev_hash)
+        for row in rows:
+            row.seq, row.prev_hash = seq, prev_hash
+            row.entry_hash = prev_hash = compute_hash(row)
+            seq += 1
         session.add_all(rows)
         session.execute(
             update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=prev_hash)
         )
-
-
-def _chain(rows: list[Any], seq: int, prev_hash: str) -> str:
-    """Number `rows` from `seq` and link each to the one before it (the first to
-    `prev_hash`); returns the last row's hash. `rows`: `AuditLog`s or anything with their
-    attributes."""
-    for row in rows:
-        row.seq, row.prev_hash = seq, prev_hash
-        row.entry_hash = prev_hash = compute_hash(row)
-        seq += 1
-    return prev_hash
 
 
 @event.listens_for(Session, "after_commit", insert=True)
@@ -400,23 +392,26 @@ def _link_rows(bind: Engine | Connection, chain: str, rounds: int) -> tuple[int,
                 rows = conn.execute(_UNLINKED, params).all()
                 if not rows:
                     return linked, used
-                entries = [
-                    SimpleNamespace(**row._mapping, meta=row._mapping["metadata"]) for row in rows
-                ]
-                last_hash = _chain(entries, head.seq + 1, head.last_hash)
-                links = [
-                    {
-                        "row_id": e.id,
-                        "new_seq": e.seq,
-                        "new_prev": e.prev_hash,
-                        "new_hash": e.entry_hash,
-                    }
-                    for e in entries
-                ]
+                seq, prev_hash = head.seq, head.last_hash
+                links = []
+                for row in rows:
+                    seq += 1
+                    fields = SimpleNamespace(**row._mapping)
+                    fields.seq, fields.prev_hash = seq, prev_hash
+                    fields.meta = row._mapping["metadata"]
+                    entry_hash = compute_hash(fields)
+                    links.append(
+                        {
+                            "row_id": row.id,
+                            "new_seq": seq,
+                            "new_prev": prev_hash,
+                            "new_hash": entry_hash,
+                        }
+                    )
+                    prev_hash = entry_hash
                 conn.execute(_SET_LINK, links)
                 conn.execute(
-                    _SET_HEAD,
-                    {"head_chain": chain, "new_seq": entries[-1].seq, "new_hash": last_hash},
+                    _SET_HEAD, {"head_chain": chain, "new_seq": seq, "new_hash": prev_hash}
                 )
             linked, used = linked + len(rows), used + 1
             # Look again without the lock: rows that committed while this one held it.
