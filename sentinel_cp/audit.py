@@ -258,7 +258,6 @@ def record(
 
 LINK_KEY = "audit_link_chains"
 LINK_BATCH = 1000
-LINK_ROUNDS = 4  # batches one `link_chain` call links at most
 
 
 @event.listens_for(Session, "before_commit")
@@ -347,22 +346,19 @@ def link_chain(bind: Engine | Connection, chain: str) -> int:
     """Link `chain`'s unlinked rows, oldest first, in transactions of their own; returns how
     many. Returns at once when another linker holds the chain head: it looks again after its
     commit and finds whatever committed meanwhile. Within one process a second caller only
-    tells the thread already linking the chain to look again. One call links at most
-    LINK_ROUNDS batches, so a request never becomes everyone's linker for long under a stream
-    of commits: what is left goes to the chain's next linker, or to `link_all` (cron). Safe
-    to run anywhere, any number of times."""
+    tells the thread already linking the chain to look again. Safe to run anywhere, any
+    number of times."""
     with _linking_lock:
         if chain in _linking:
             _linking[chain] = True
             return 0
         _linking[chain] = False
-    linked, rounds = 0, LINK_ROUNDS
+    linked = 0
     try:
         while True:
-            count, used = _link_rows(bind, chain, rounds)
-            linked, rounds = linked + count, rounds - used
+            linked += _link_rows(bind, chain)
             with _linking_lock:
-                if not _linking[chain] or rounds <= 0:
+                if not _linking[chain]:
                     del _linking[chain]
                     return linked
                 _linking[chain] = False
@@ -372,17 +368,16 @@ def link_chain(bind: Engine | Connection, chain: str) -> int:
         raise
 
 
-def _link_rows(bind: Engine | Connection, chain: str, rounds: int) -> tuple[int, int]:
-    """(rows linked, batches used) — at most `rounds` batches."""
-    linked = used = 0
+def _link_rows(bind: Engine | Connection, chain: str) -> int:
+    linked = 0
     params = {"chain": chain}
     with bind.connect() if isinstance(bind, Engine) else contextlib.nullcontext(bind) as conn:
-        while used < rounds:
+        while True:
             with conn.begin():
                 head = conn.execute(_TAKE_HEAD, params).first()
                 if head is None:
                     if conn.scalar(_HEAD_EXISTS, params) is not None:
-                        return linked, used  # held: its linker looks again after its commit
+                        return linked  # held: its linker looks again after its commit
                     conn.execute(
                         pg_insert(AuditChainHead)
                         .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
@@ -391,7 +386,7 @@ def _link_rows(bind: Engine | Connection, chain: str, rounds: int) -> tuple[int,
                     continue  # commit the new head, then take it
                 rows = conn.execute(_UNLINKED, params).all()
                 if not rows:
-                    return linked, used
+                    return linked
                 seq, prev_hash = head.seq, head.last_hash
                 links = []
                 for row in rows:
@@ -413,12 +408,11 @@ def _link_rows(bind: Engine | Connection, chain: str, rounds: int) -> tuple[int,
                 conn.execute(
                     _SET_HEAD, {"head_chain": chain, "new_seq": seq, "new_hash": prev_hash}
                 )
-            linked, used = linked + len(rows), used + 1
+            linked += len(rows)
             # Look again without the lock: rows that committed while this one held it.
             with conn.begin():
                 if conn.scalar(_ANY_UNLINKED, params) is None:
-                    return linked, used
-    return linked, used
+                    return linked
 
 
 def link_all(bind: Engine) -> int:
