@@ -111,6 +111,7 @@ def create_app(
         PUBLIC_HOST=settings.public_host,
         REDIS_URL=settings.redis_url,
         POLL_CACHE=settings.poll_cache,
+        HEARTBEAT_BUFFER=settings.heartbeat_buffer,
         ARGON2_TIME_COST=3,
         ARGON2_MEMORY_COST=65536,
         JSON_SORT_KEYS=False,

@@ -198,8 +198,9 @@ def route(
     `multipart/form-data` request through to the view with `body=None` (the view reads
     `request.files`). `hot` (node routes) authenticates on the autocommit
     hot-path connection, for the endpoints every node calls all the time. `shortcut` is
-    called with the path arguments before anything else and may answer at once (the poll's
-    cached 304, which checks the credential it remembered); None lets the request through.
+    called with the path arguments once the body's size is checked, before authentication,
+    and may answer at once from what the process remembers about the credential (the poll's
+    cached 304, a steady heartbeat); None lets the request through.
     """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -209,6 +210,11 @@ def route(
             for value in path_args.values():
                 if "\x00" in str(value):  # no stored name can contain one
                     raise NotFound("Not found")
+            is_form = multipart and request.mimetype == "multipart/form-data"
+            if max_body is not None:
+                request.max_content_length = max_body
+                if not is_form and len(request.get_data(cache=True)) > max_body:
+                    raise PayloadTooLarge(max_body)
             if shortcut is not None:
                 answer = shortcut(**path_args)
                 if answer is not None:
@@ -219,11 +225,6 @@ def route(
                         "Query strings must not contain NUL characters",
                         fields={f"query.{name}": ["contains a NUL character"]},
                     )
-            is_form = multipart and request.mimetype == "multipart/form-data"
-            if max_body is not None:
-                request.max_content_length = max_body
-                if not is_form and len(request.get_data(cache=True)) > max_body:
-                    raise PayloadTooLarge(max_body)
             if auth_mode == "operator":
                 principal = auth.require_principal()
                 if scope is not None:

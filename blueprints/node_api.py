@@ -3,12 +3,12 @@ signing keys. Bundle polling, download and status reports arrive with bundles.""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, g, request
 
 from blueprints import auth, node_auth
-from blueprints.api import route
+from blueprints.api import parse_json_body, route
 from blueprints.schemas import (
     CountOut,
     HeartbeatIn,
@@ -22,7 +22,7 @@ from blueprints.schemas import (
     RunningConfigOut,
     SigningKeysOut,
 )
-from sentinel_cp import metrics, nodes, projects, signing
+from sentinel_cp import heartbeat_buffer, metrics, nodes, projects, signing
 from sentinel_cp.db import db, utcnow
 
 bp = Blueprint("node_api", __name__, url_prefix="/api/v1")
@@ -88,16 +88,47 @@ def register(slug: str, body: RegisterIn) -> tuple[dict[str, Any], int]:
     max_body=SMALL_BODY,
     responses={429: "heartbeat_too_fast"},
     hot=True,
+    shortcut=lambda node_id: buffered_heartbeat(node_id),
 )
 def heartbeat(node: nodes.NodeContext, body: HeartbeatIn) -> dict[str, Any]:
+    report = _report(body)
+    now = utcnow()
+    result = nodes.record_heartbeat(node, report, now=now)
+    db.session.commit()
+    metrics.NODE_HEARTBEATS.inc()
+    remembered = g.pop("heartbeat_buffer", None)
+    if remembered is not None:
+        buffer, key, version = remembered
+        buffer.remember(key, node, nodes.heartbeat_values(node.node, report, now), version)
+    return result
+
+
+def buffered_heartbeat(node_id: str) -> dict[str, Any] | None:
+    """The answer to a steady heartbeat of a node this process remembers, its write batched
+    (see `heartbeat_buffer`); None sends the heartbeat down the database path."""
+    buffer = heartbeat_buffer.for_app(current_app)
+    if buffer is None:
+        return None
+    key = node_auth.credential_key(node_id)
+    if key is None:
+        return None
+    g.heartbeat_buffer = (buffer, key, buffer.cache.version)  # before the credential read
+    if key[0] not in buffer.entries:
+        return None
+    body = cast(HeartbeatIn, parse_json_body(HeartbeatIn))
+    answer = buffer.heartbeat(key, _report(body), utcnow())
+    if answer is not None:
+        metrics.NODE_HEARTBEATS.inc()
+    return answer
+
+
+def _report(body: HeartbeatIn) -> dict[str, Any]:
+    """The fields the node sent (absent ones keep their stored values)."""
     report = {name: getattr(body, name) for name in body.model_fields_set}
     for name in ("health", "metrics"):
         if report.get(name) is not None:
             report[name] = getattr(body, name).model_dump(exclude_none=True)
-    result = nodes.record_heartbeat(node, report)
-    db.session.commit()
-    metrics.NODE_HEARTBEATS.inc()
-    return result
+    return report
 
 
 @route(

@@ -8,6 +8,7 @@ from flask import g, request
 
 from blueprints.ids import parse_uuid
 from sentinel_cp import nodes
+from sentinel_cp.bundles.pollcache import PollCache
 from sentinel_cp.db import hot_connection
 from sentinel_cp.errors import Unauthorized
 
@@ -36,6 +37,16 @@ def require_node(path_node_id: str, *, hot: bool = False) -> nodes.NodeContext:
     nodes.require_same_node(ctx, node_id)
     g.node = ctx
     return ctx
+
+
+def credential_key(path_node_id: str) -> tuple[str, str] | None:
+    """(node, digest of the credential) this request presents, normalised the way
+    `require_node` reads them — what the per-process node caches are keyed by; None when
+    there is no credential or the node id is one `require_node` refuses."""
+    header, value = presented_credential()
+    if not value:
+        return None
+    return PollCache.credential_key(path_node_id, header, value)
 
 
 def presented_credential() -> tuple[str, str]:

@@ -42,10 +42,7 @@ def cached_not_modified(node_id: str) -> Response | None:
     cache = pollcache.for_app(current_app)
     if cache is None:
         return None
-    header, value = node_auth.presented_credential()
-    if not value:
-        return None
-    key = cache.credential_key(node_id, header, value)
+    key = node_auth.credential_key(node_id)
     if key is None:
         return None
     g.poll_cache = (cache, key, cache.version)  # the version before the database read

@@ -45,6 +45,7 @@ class Settings:
     admin_password: str | None
     default_project: str
     poll_cache: bool = True
+    heartbeat_buffer: bool = True
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -185,9 +186,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "SENTINEL_DEFAULT_PROJECT: use lowercase letters, digits and dashes (2–50 characters)"
         )
 
-    poll_cache = (env.get("SENTINEL_POLL_CACHE") or "on").lower()
-    if poll_cache not in ("on", "off"):
-        raise ConfigError(f"SENTINEL_POLL_CACHE: {poll_cache!r} is not on or off")
+    poll_cache = _switch(env, "SENTINEL_POLL_CACHE")
+    heartbeat_buffer = _switch(env, "SENTINEL_HEARTBEAT_BUFFER")
 
     public_host = env.get("PUBLIC_HOST") or env.get("PHX_HOST") or "localhost"
     port = _port(env.get("PORT"))
@@ -214,5 +214,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_email=admin_email.lower(),
         admin_password=admin_password,
         default_project=default_project,
-        poll_cache=poll_cache == "on",
+        poll_cache=poll_cache,
+        heartbeat_buffer=heartbeat_buffer,
     )
+
+
+def _switch(env: Mapping[str, str], name: str) -> bool:
+    value = (env.get(name) or "on").lower()
+    if value not in ("on", "off"):
+        raise ConfigError(f"{name}: {value!r} is not on or off")
+    return value == "on"

@@ -52,6 +52,16 @@ POLL_CACHE_HITS = Counter(
     "Polls answered 304 from this process's poll cache, without the database",
     registry=REGISTRY,
 )
+HEARTBEATS_BUFFERED = Counter(
+    "sentinel_heartbeats_buffered_total",
+    "Steady heartbeats answered from memory, their writes batched (of sentinel_node_heartbeats)",
+    registry=REGISTRY,
+)
+HEARTBEAT_FLUSH_FAILURES = Counter(
+    "sentinel_heartbeat_flush_failures_total",
+    "Batched heartbeat writes that failed and were kept for the next flush",
+    registry=REGISTRY,
+)
 BUNDLE_COMPILES = Counter(
     "sentinel_bundle_compiles_total",
     "Compile jobs finished by this process, by outcome",

@@ -8,10 +8,12 @@ something an operator would see changed (status or active bundle).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
 import secrets
 import uuid
@@ -37,6 +39,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
     type_coerce,
     update,
 )
@@ -582,28 +585,14 @@ def record_heartbeat(
     sweep: a lost race answers 429 and the node's retry reads fresh state. An online node on
     the hot connection writes in autocommit (one statement; with the history sample, one
     short explicit transaction); a node coming back online goes through the session's
-    transaction with its audit row.
+    transaction with its audit row. (`steady_heartbeat` is the part a process may answer from
+    memory and write later.)
     """
     now = now or utcnow()
     node = ctx.node
-    if node.last_heartbeat_at is not None and now - node.last_heartbeat_at < MIN_HEARTBEAT_GAP:
-        raise _too_fast()
-    values: dict[str, Any] = {"last_seen_at": now, "last_heartbeat_at": now, "status": "online"}
-    health, metrics = _merged_snapshot(node, report)
-    if health is not None:
-        values["health"] = health
-    if metrics is not None:
-        values["metrics"] = metrics
-    for field in ("active_bundle_id", "staged_bundle_id", "version", "hostname"):
-        if field in report:
-            values[field] = report[field]
-    if "metadata" in report:
-        values["metadata"] = report["metadata"] or {}  # the column is always an object
-    if "ip" in report:
-        values["ip"] = _check_ip(report["ip"])
-    sample = node.last_sampled_at is None or now - node.last_sampled_at >= SAMPLE_EVERY
-    if sample:
-        values["last_sampled_at"] = now
+    _check_gap(node, now)
+    values = heartbeat_values(node, report, now)
+    sample = "last_sampled_at" in values
     active = values.get("active_bundle_id", node.active_bundle_id)
     changed = node.status != "online" or active != node.active_bundle_id
     if ctx.connection is not None and node.status == "online":
@@ -643,6 +632,11 @@ def record_heartbeat(
                     str(node.assigned_rollout_id),
                     job_id=f"tick-{node.assigned_rollout_id}",
                 )
+    return heartbeat_answer(ctx, now)
+
+
+def heartbeat_answer(ctx: NodeContext, now: datetime) -> dict[str, Any]:
+    node = ctx.node
     return {
         "status": "ok",
         "node_id": str(node.id),
@@ -650,6 +644,119 @@ def record_heartbeat(
         "poll_after_s": node.poll_after_s(ctx.settings),
         "assigned_bundle_id": node.offered_bundle_id,
     }
+
+
+def heartbeat_values(node: NodeIdentity, report: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The columns a heartbeat writes: liveness, what the node reported (absent fields are
+    left out), and `last_sampled_at` when a history sample is due."""
+    values: dict[str, Any] = {"last_seen_at": now, "last_heartbeat_at": now, "status": "online"}
+    health, metrics = _merged_snapshot(node, report)
+    if health is not None:
+        values["health"] = health
+    if metrics is not None:
+        values["metrics"] = metrics
+    for field in ("active_bundle_id", "staged_bundle_id", "version", "hostname"):
+        if field in report:
+            values[field] = report[field]
+    if "metadata" in report:
+        values["metadata"] = report["metadata"] or {}  # the column is always an object
+    if "ip" in report:
+        values["ip"] = _check_ip(report["ip"])
+    if node.last_sampled_at is None or now - node.last_sampled_at >= SAMPLE_EVERY:
+        values["last_sampled_at"] = now
+    return values
+
+
+def steady_heartbeat(
+    node: NodeIdentity, report: dict[str, Any], now: datetime
+) -> dict[str, Any] | None:
+    """The write of a heartbeat that changes nothing but soft state — an online node, the
+    same running bundle, no history sample due, nothing merged from stored metrics — which a
+    process may answer from memory and write later with others (`write_heartbeats`); None
+    when it must go through `record_heartbeat` now. 429 when it comes too soon after the
+    last one this snapshot knows of."""
+    health = report.get("health") or {}
+    legacy = "cpu_percent" in health or "memory_percent" in health
+    if node.status != "online" or (legacy and report.get("metrics") is None):
+        return None
+    _check_gap(node, now)
+    values = heartbeat_values(node, report, now)
+    if "last_sampled_at" in values:
+        return None
+    if values.get("active_bundle_id", node.active_bundle_id) != node.active_bundle_id:
+        return None
+    return values
+
+
+_SNAPSHOT_FIELDS = frozenset(field.name for field in dataclasses.fields(NodeIdentity))
+
+
+def after_heartbeat(node: NodeIdentity, values: dict[str, Any]) -> NodeIdentity:
+    """The snapshot as it stands once a heartbeat's `values` are written."""
+    return dataclasses.replace(node, **{k: v for k, v in values.items() if k in _SNAPSHOT_FIELDS})
+
+
+def write_heartbeats(conn: Connection, batch: dict[uuid.UUID, dict[str, Any]]) -> None:
+    """Write deferred steady heartbeats (node -> its latest `steady_heartbeat` values) in one
+    transaction on an autocommit connection, one executemany per set of columns.
+
+    The guard of `record_heartbeat` holds for each row: a node no longer online (the staleness
+    sweep was first) or with a later heartbeat already written (by another process) keeps
+    what it has, and a heartbeat less than a second after one another process wrote is
+    dropped rather than refused."""
+    if conn.dialect.name == "postgresql":
+        # One statement over one JSON document: per row, the work is PostgreSQL's (an
+        # executemany spends ~40 µs of Python per row binding parameters, under the GIL the
+        # requests need).
+        rows = [{**values, "node_id": str(node_id)} for node_id, values in batch.items()]
+        conn.execute(_BATCH_UPDATE, {"rows": json.dumps(rows, default=datetime.isoformat)})
+        return
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for node_id, values in batch.items():
+        cutoff = values["last_heartbeat_at"] - MIN_HEARTBEAT_GAP
+        row = {**values, "node_id": node_id, "read_status": "online", "cutoff": cutoff}
+        groups.setdefault(tuple(sorted(values)), []).append(row)
+    with _explicit_transaction(conn):
+        for columns, rows in groups.items():
+            conn.execute(_heartbeat_update(columns), rows)
+
+
+def _batch_update() -> Any:
+    """PostgreSQL: `write_heartbeats` in one statement. Each element of `:rows` holds the
+    values of `steady_heartbeat` (JSON); a field it lacks keeps the stored value."""
+    json_fields = ("health", "metrics", "metadata")
+    text_fields = ("version", "hostname", "ip", "staged_bundle_id", "active_bundle_id")
+    kept = ",\n    ".join(
+        [
+            f"{name} = CASE WHEN v.r ? '{name}' THEN v.r -> '{name}' ELSE n.{name} END"
+            for name in json_fields
+        ]
+        + [
+            f"{name} = CASE WHEN v.r ? '{name}' THEN v.r ->> '{name}' ELSE n.{name} END"
+            for name in text_fields
+        ]
+    )
+    gap_s = int(MIN_HEARTBEAT_GAP.total_seconds())
+    return text(
+        f"""UPDATE nodes AS n SET
+    last_seen_at = v.at,
+    last_heartbeat_at = v.at,
+    {kept}
+FROM (
+    SELECT r, (r ->> 'node_id')::uuid AS node_id, (r ->> 'last_heartbeat_at')::timestamptz AS at
+    FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r
+) AS v
+WHERE n.id = v.node_id AND n.status = 'online'
+    AND (n.last_heartbeat_at IS NULL OR n.last_heartbeat_at <= v.at - interval '{gap_s} seconds')"""  # noqa: S608 (constants)
+    )
+
+
+_BATCH_UPDATE = _batch_update()
+
+
+def _check_gap(node: NodeIdentity, now: datetime) -> None:
+    if node.last_heartbeat_at is not None and now - node.last_heartbeat_at < MIN_HEARTBEAT_GAP:
+        raise _too_fast()
 
 
 def _too_fast() -> RateLimited:

@@ -102,14 +102,21 @@ class PollCache:
         entry = self.entries.get(node)
         if entry is None or entry.credential != credential:
             return None
-        if (
-            entry.read_at_version < self.floor
-            or entry.read_at_version < self.invalidated_at.get(entry.project, 0)
-            or self.clock() >= entry.good_until
-        ):
+        if not self.trusted(entry.project, entry.read_at_version, entry.good_until):
             self.entries.pop(node, None)
             return None
         return entry.etag
+
+    def trusted(self, project: str, read_at_version: int, good_until: float) -> bool:
+        """Whether what was read about `project` at `read_at_version` is still current: no
+        event about the project since, the listener subscribed all along, not past
+        `good_until`. (The heartbeat buffer remembers node snapshots by the same rule.)"""
+        return (
+            self.subscribed.is_set()
+            and read_at_version >= self.floor
+            and read_at_version >= self.invalidated_at.get(project, 0)
+            and self.clock() < good_until
+        )
 
     def remember(
         self,

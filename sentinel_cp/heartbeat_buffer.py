@@ -1,0 +1,211 @@
+"""Steady heartbeats answered from memory and written in batches.
+
+Nearly every heartbeat of a running fleet is the same: an online node, still running the bundle
+it ran, reporting fresh health and metrics. Through the database each costs a credential read
+and a committed write of its own. Each `web`/`api` process therefore remembers the nodes it has
+answered — the snapshot read with the credential (`nodes.NodeContext`), updated with what every
+heartbeat wrote — and answers a heartbeat that changes only soft state (`nodes.steady_heartbeat`)
+at once; its write waits in memory, the latest per node, and a thread writes what is waiting
+every `FLUSH_S` in one transaction (`nodes.write_heartbeats`).
+
+What goes to the database at once, as before: a credential this process has not answered (or
+not since its project changed), a node coming online, a changed running bundle (which can
+verify a rollout step), the history sample due once a minute, and everything while the poll
+cache's listener is not subscribed. A snapshot is trusted by the poll cache's rule
+(`PollCache.trusted`): no event about its project since it was read (key revocation, node
+deletion, an assignment, the staleness sweep — every change publishes one), `MAX_AGE_S` at
+most, and a token's `exp`.
+
+What this costs, on purpose (`docs/decisions.md`): a process killed without its shutdown flush
+loses up to `FLUSH_S` of liveness it had acknowledged — the node's next heartbeat repeats it;
+operator views and health gates see a heartbeat up to `FLUSH_S` late; and the 1/s limit per
+node is enforced by each process for what it answers, and across processes by the write's
+guard (a heartbeat less than a second after one another process wrote is dropped, not refused).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sentinel_cp import metrics, nodes
+from sentinel_cp.bundles.pollcache import MAX_AGE_S, PollCache
+from sentinel_cp.bundles.pollcache import for_app as poll_cache_for
+from sentinel_cp.db import hot_connection, utcnow
+
+log = logging.getLogger(__name__)
+FLUSH_S = 0.5
+MAX_ENTRIES = 200_000
+# A write that keeps failing (the database is away) is kept for the next flush, but not once
+# it is older than this: the node has heartbeated since or is gone.
+KEEP_FAILED = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    credential: str  # sha256 of the normalised credential (`PollCache.credential_key`)
+    context: nodes.NodeContext
+    read_at_version: int
+    good_until: float  # time.monotonic()
+
+
+class HeartbeatBuffer:
+    """Per-process node snapshots and the heartbeat writes waiting for the next flush."""
+
+    def __init__(self, cache: PollCache, app: Any, *, clock: Any = time.monotonic) -> None:
+        self.cache = cache
+        self.app = app
+        self.clock = clock
+        self.entries: dict[str, Entry] = {}  # node id -> its snapshot
+        self.pending: dict[uuid.UUID, dict[str, Any]] = {}  # node id -> values to write
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # --- the request side ---------------------------------------------------------------------
+
+    def heartbeat(
+        self, key: tuple[str, str], report: dict[str, Any], now: datetime
+    ) -> dict[str, Any] | None:
+        """The answer to a steady heartbeat from a remembered node, its write queued; None
+        sends the heartbeat down the database path (and forgets the node until it returns)."""
+        node_id, credential = key
+        with self._lock:
+            entry = self.entries.get(node_id)
+            if entry is None or entry.credential != credential:
+                return None
+            ctx = entry.context
+            if not self._trusted(entry) or (
+                ctx.expires_at is not None and time.time() >= ctx.expires_at
+            ):
+                del self.entries[node_id]
+                return None
+            values = nodes.steady_heartbeat(ctx.node, report, now)  # 429 when too soon
+            if values is None:
+                del self.entries[node_id]
+                return None
+            ctx = replace(ctx, node=nodes.after_heartbeat(ctx.node, values))
+            self.entries[node_id] = replace(entry, context=ctx)
+            waiting = self.pending.get(ctx.node.id)
+            self.pending[ctx.node.id] = values if waiting is None else {**waiting, **values}
+        metrics.HEARTBEATS_BUFFERED.inc()
+        return nodes.heartbeat_answer(ctx, now)
+
+    def remember(
+        self,
+        key: tuple[str, str],
+        ctx: nodes.NodeContext,
+        values: dict[str, Any],
+        read_at_version: int,
+    ) -> None:
+        """Keep the snapshot of a node whose heartbeat the database path just wrote
+        (`values`), read at `read_at_version` (taken before the credential read)."""
+        valid_for_s = MAX_AGE_S
+        if ctx.expires_at is not None:
+            valid_for_s = min(valid_for_s, ctx.expires_at - time.time())
+        if not self.cache.subscribed.is_set() or valid_for_s <= 0:
+            return
+        node_id, credential = key
+        snapshot = replace(ctx, node=nodes.after_heartbeat(ctx.node, values), connection=None)
+        with self._lock:
+            if len(self.entries) >= MAX_ENTRIES and node_id not in self.entries:
+                self._make_room()
+            self.entries.pop(node_id, None)  # re-inserted last: the dict's order is age
+            self.entries[node_id] = Entry(
+                credential, snapshot, read_at_version, self.clock() + valid_for_s
+            )
+
+    def _trusted(self, entry: Entry) -> bool:
+        return self.cache.trusted(
+            str(entry.context.node.project_id), entry.read_at_version, entry.good_until
+        )
+
+    def _make_room(self) -> None:
+        """Drop snapshots no longer trusted; if that is not enough, the older half."""
+        for node_id in [n for n, e in self.entries.items() if not self._trusted(e)]:
+            del self.entries[node_id]
+        if len(self.entries) >= MAX_ENTRIES:
+            for node_id in list(self.entries)[: len(self.entries) // 2]:
+                del self.entries[node_id]
+
+    # --- the writer side ----------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write what is waiting in one transaction; returns how many nodes were written.
+        A failed write stays queued (unless a newer heartbeat of the node replaced it, or it
+        is older than `KEEP_FAILED`) and the error is logged."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self.pending = self.pending, {}
+            if not batch:
+                return 0
+            try:
+                with self.app.app_context():
+                    connection = hot_connection()
+                    try:
+                        nodes.write_heartbeats(connection, batch)
+                    finally:
+                        connection.close()
+            except Exception:
+                log.exception("%d buffered heartbeat(s) not written; retrying", len(batch))
+                metrics.HEARTBEAT_FLUSH_FAILURES.inc()
+                self._requeue(batch)
+                return 0
+            return len(batch)
+
+    def _requeue(self, batch: dict[uuid.UUID, dict[str, Any]]) -> None:
+        oldest = utcnow() - KEEP_FAILED
+        with self._lock:
+            for node_id, values in batch.items():
+                if values["last_heartbeat_at"] < oldest:
+                    continue
+                newer = self.pending.get(node_id)
+                self.pending[node_id] = values if newer is None else {**values, **newer}
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+            self._thread.start()
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """Stop the thread and write what is still waiting (a graceful worker exit)."""
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(FLUSH_S):
+            self.flush()
+
+
+_create_lock = threading.Lock()
+EXTENSION = "sentinel_heartbeat_buffer"
+
+
+def for_app(app: Any) -> HeartbeatBuffer | None:
+    """The application's buffer, its thread started on first use (in each forked worker);
+    None when `HEARTBEAT_BUFFER` or the poll cache (whose listener keeps it true) is off."""
+    buffer: HeartbeatBuffer | None = app.extensions.get(EXTENSION)
+    if buffer is not None or not app.config.get("HEARTBEAT_BUFFER"):
+        return buffer
+    cache = poll_cache_for(app)
+    if cache is None:
+        return None
+    with _create_lock:
+        buffer = app.extensions.get(EXTENSION)
+        if buffer is None:
+            buffer = HeartbeatBuffer(cache, getattr(app, "_get_current_object", lambda: app)())
+            buffer.start()
+            app.extensions[EXTENSION] = buffer
+    return buffer
