@@ -64,6 +64,10 @@ class HeartbeatBuffer:
         self.clock = clock
         self.entries: dict[str, Entry] = {}  # node id -> its snapshot
         self.pending: dict[uuid.UUID, dict[str, Any]] = {}  # node id -> values to write
+        # False from a failed write until a write works again (a flush, or a heartbeat written
+        # through the database): while the database is away heartbeats take the database path
+        # (503 and Retry-After), and none is acknowledged from memory.
+        self.writing = True
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -79,14 +83,12 @@ class HeartbeatBuffer:
         node_id, credential = key
         with self._lock:
             entry = self.entries.get(node_id)
-            if entry is None or entry.credential != credential:
+            if entry is None or entry.credential != credential or not self.writing:
                 return None
-            ctx = entry.context
-            if not self._trusted(entry) or (
-                ctx.expires_at is not None and time.time() >= ctx.expires_at
-            ):
+            if not self._trusted(entry):  # (never past a token's expiry: see `remember`)
                 del self.entries[node_id]
                 return None
+            ctx = entry.context
             values = nodes.steady_heartbeat(ctx.node, report, now)  # 429 when too soon
             if values is None:
                 del self.entries[node_id]
@@ -107,6 +109,7 @@ class HeartbeatBuffer:
     ) -> None:
         """Keep the snapshot of a node whose heartbeat the database path just wrote
         (`values`), read at `read_at_version` (taken before the credential read)."""
+        self.writing = True  # the database just took a heartbeat
         valid_for_s = MAX_AGE_S
         if ctx.expires_at is not None:
             valid_for_s = min(valid_for_s, ctx.expires_at - time.time())
@@ -156,8 +159,10 @@ class HeartbeatBuffer:
             except Exception:
                 log.exception("%d buffered heartbeat(s) not written; retrying", len(batch))
                 metrics.HEARTBEAT_FLUSH_FAILURES.inc()
+                self.writing = False
                 self._requeue(batch)
                 return 0
+            self.writing = True
             return len(batch)
 
     def _requeue(self, batch: dict[uuid.UUID, dict[str, Any]]) -> None:

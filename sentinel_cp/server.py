@@ -192,15 +192,15 @@ def serve(settings: Settings) -> None:
         redis_url = embedded.url
     flask_app = create_app({"REDIS_URL": redis_url}, settings=settings)
     prepare_database(flask_app)
-    # What the application allocated to start is never garbage: out of the collector's sight,
-    # full collections stop stalling every request (gunicorn.conf.py, docs/scaling.md).
-    gc.collect()
-    gc.freeze()
     if embedded is not None:
         children = Children(settings, redis_url)
         children.start()
     try:
         asgi = create_asgi(flask_app)
+        # What the application allocated to start is never garbage: out of the collector's
+        # sight, full collections stop stalling every request (gunicorn.conf.py).
+        gc.collect()
+        gc.freeze()
         print(f"Sentinel CP on http://{settings.host}:{settings.port}/", flush=True)
         uvicorn.run(
             asgi,

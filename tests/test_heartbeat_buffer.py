@@ -103,8 +103,15 @@ def stored(app: Any, node_id: str) -> nodes.Node:
 
 
 def online(client: Any, fleet: dict[str, Any]) -> None:
-    """The first heartbeat (unknown -> online, through the database), then a second later."""
+    """A node the buffer remembers, a second after its last heartbeat: the first heartbeat
+    (unknown -> online) publishes an event, which makes the process read the node again on the
+    next one (through the database, remembered)."""
+    cache = fleet["buffer"].cache
+    since = cache.version
     assert beat(client, fleet, active_bundle_id=BUNDLE_A).status_code == 200
+    wait_for(lambda: cache.version > since, timeout=10, what="the node's online event")
+    fleet["clock"].advance(1)
+    assert beat(client, fleet).status_code == 200
     fleet["clock"].advance(1)
 
 
@@ -293,3 +300,18 @@ def test_a_failed_flush_keeps_the_write_for_the_next_one(
     assert fleet["buffer"].flush() == 1
     assert stored(app, node_id).last_heartbeat_at == sent_at
     assert stored(app, node_id).metrics == {"error_rate": 0.2}
+
+    # While writes fail, no heartbeat is acknowledged from memory: the database answers (503
+    # while it is away), and once it has taken one, memory answers again.
+    fleet["clock"].advance(1)
+    assert beat(client, fleet).status_code == 200
+    monkeypatch.setattr(nodes, "write_heartbeats", broken)
+    assert fleet["buffer"].flush() == 0
+    for expected in (1, 0):
+        fleet["clock"].advance(1)
+        with Statements() as statements:
+            assert beat(client, fleet).status_code == 200
+        assert (statements.count > 0) == bool(expected)
+    monkeypatch.setattr(nodes, "write_heartbeats", real)
+    assert fleet["buffer"].flush() == 1  # the kept write, merged into the node's newest one
+    assert stored(app, node_id).last_heartbeat_at == fleet["clock"].now

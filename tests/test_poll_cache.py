@@ -25,7 +25,7 @@ from fault_support import RedisProcess
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from sentinel_cp import metrics
+from sentinel_cp import heartbeat_buffer, metrics
 from sentinel_cp.bundles import distribution, pollcache
 from sentinel_cp.bundles.models import Bundle
 from sentinel_cp.db import db
@@ -151,6 +151,9 @@ def test_one_entry_per_node_whatever_the_spelling_or_the_credential() -> None:
 def cached(app: Any) -> Iterator[Any]:
     app.config["POLL_CACHE"] = True
     yield app
+    buffer = app.extensions.get(heartbeat_buffer.EXTENSION)  # heartbeats ride on the cache
+    if buffer is not None:
+        buffer.stop()
     cache = app.extensions.get(pollcache.EXTENSION)
     if cache is not None:
         cache.stop()
