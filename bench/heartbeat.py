@@ -17,7 +17,7 @@ Both servers run as deployed, with the heartbeat buffer on (`sentinel_cp/heartbe
 a node's first heartbeat in each worker reads and writes the database and is remembered; its
 steady heartbeats after that are answered from memory and written in batches every 0.5 s, so
 the figure is a steady fleet's (a fleet coming online or changing bundles takes the database
-path, measured by `bench/propagation.py`). A worker reads a node again at least every 60 s. Before
+path, measured by `bench/propagation.py`). A worker reads a node again every 60-90 s. Before
 the measured runs, `WARM_UP_S` of heartbeats lets each worker meet the nodes (not measured).
 """
 

@@ -8,13 +8,16 @@ heartbeat wrote — and answers a heartbeat that changes only soft state (`nodes
 at once; its write waits in memory, the latest per node, and a thread writes what is waiting
 every `FLUSH_S` in one transaction (`nodes.write_heartbeats`).
 
-What goes to the database at once, as before: a credential this process has not answered (or
-not since its project changed), a node coming online, a changed running bundle (which can
-verify a rollout step), the history sample due once a minute, and everything while the poll
-cache's listener is not subscribed. A snapshot is trusted by the poll cache's rule
+A steady heartbeat of a node this process does not remember (a new credential, a snapshot no
+longer trusted, the listener away) reads the node from the database — one statement — and its
+write is queued all the same (`read_heartbeat`). What is written at once, as before: a node
+coming online, a changed running bundle (which can verify a rollout step), the history sample
+due once a minute, and everything after a failed flush until the database takes a write again.
+A snapshot is trusted by the poll cache's rule
 (`PollCache.trusted`): no event about its project since it was read (key revocation, node
-deletion, an assignment, the staleness sweep — every change publishes one), `MAX_AGE_S` at
-most, and a token's `exp`.
+deletion, an assignment, the staleness sweep — every change publishes one), 60–90 s at most
+(`MAX_AGE_S`; spread, so a fleet remembered at once is not read again all at once), and a
+token's `exp`.
 
 What this costs, on purpose (`docs/decisions.md`): a process killed without its shutdown flush
 loses up to `FLUSH_S` of liveness it had acknowledged — the node's next heartbeat repeats it;
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import random
 import threading
 import time
 import uuid
@@ -35,12 +39,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sentinel_cp import metrics, nodes
-from sentinel_cp.bundles.pollcache import MAX_AGE_S, PollCache
+from sentinel_cp.bundles.pollcache import PollCache
 from sentinel_cp.bundles.pollcache import for_app as poll_cache_for
 from sentinel_cp.db import hot_connection, utcnow
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.5
+MAX_AGE_S = 90.0  # a snapshot is read again after a random 2/3 to all of this
 MAX_ENTRIES = 200_000
 # A write that keeps failing (the database is away) is kept for the next flush, but not once
 # it is older than this: the node has heartbeated since or is gone.
@@ -95,10 +100,38 @@ class HeartbeatBuffer:
                 return None
             ctx = replace(ctx, node=nodes.after_heartbeat(ctx.node, values))
             self.entries[node_id] = replace(entry, context=ctx)
-            waiting = self.pending.get(ctx.node.id)
-            self.pending[ctx.node.id] = values if waiting is None else {**waiting, **values}
+            self._queue(ctx.node.id, values)
         metrics.HEARTBEATS_BUFFERED.inc()
         return nodes.heartbeat_answer(ctx, now)
+
+    def read_heartbeat(
+        self,
+        key: tuple[str, str],
+        ctx: nodes.NodeContext,
+        report: dict[str, Any],
+        now: datetime,
+        read_at_version: int,
+    ) -> dict[str, Any] | None:
+        """The answer to a steady heartbeat of a node just read from the database (not
+        remembered, or not trusted any more): its write is queued like one answered from
+        memory, and the node remembered; None when it is not steady (`record_heartbeat`)."""
+        if not self.writing:
+            return None
+        with self._lock:
+            waiting = self.pending.get(ctx.node.id)
+            if waiting is not None:  # the database does not know of this one yet
+                ctx = replace(ctx, node=nodes.after_heartbeat(ctx.node, waiting))
+            values = nodes.steady_heartbeat(ctx.node, report, now)  # 429 when too soon
+            if values is None:
+                return None
+            self._queue(ctx.node.id, values)
+        self.remember(key, ctx, values, read_at_version)
+        metrics.HEARTBEATS_BUFFERED.inc()
+        return nodes.heartbeat_answer(ctx, now)
+
+    def _queue(self, node_id: uuid.UUID, values: dict[str, Any]) -> None:
+        waiting = self.pending.get(node_id)
+        self.pending[node_id] = values if waiting is None else {**waiting, **values}
 
     def remember(
         self,
@@ -107,10 +140,9 @@ class HeartbeatBuffer:
         values: dict[str, Any],
         read_at_version: int,
     ) -> None:
-        """Keep the snapshot of a node whose heartbeat the database path just wrote
-        (`values`), read at `read_at_version` (taken before the credential read)."""
-        self.writing = True  # the database just took a heartbeat
-        valid_for_s = MAX_AGE_S
+        """Keep the snapshot of a node whose heartbeat was just written or queued (`values`),
+        read at `read_at_version` (taken before the credential read)."""
+        valid_for_s = MAX_AGE_S * random.uniform(2 / 3, 1)
         if ctx.expires_at is not None:
             valid_for_s = min(valid_for_s, ctx.expires_at - time.time())
         if not self.cache.subscribed.is_set() or valid_for_s <= 0:
@@ -124,6 +156,18 @@ class HeartbeatBuffer:
             self.entries[node_id] = Entry(
                 credential, snapshot, read_at_version, self.clock() + valid_for_s
             )
+
+    def remember_written(
+        self,
+        key: tuple[str, str],
+        ctx: nodes.NodeContext,
+        values: dict[str, Any],
+        read_at_version: int,
+    ) -> None:
+        """`remember` a node whose heartbeat `record_heartbeat` just wrote: the database
+        takes writes again (after a failed flush, memory answers only once one has)."""
+        self.writing = True
+        self.remember(key, ctx, values, read_at_version)
 
     def _trusted(self, entry: Entry) -> bool:
         return self.cache.trusted(
