@@ -18,7 +18,7 @@ a node's first heartbeat in each worker reads and writes the database and is rem
 steady heartbeats after that are answered from memory and written in batches every 0.5 s, so
 the figure is a steady fleet's (a fleet coming online or changing bundles takes the database
 path, measured by `bench/propagation.py`). A worker reads a node again every 60-90 s. Before
-the measured runs, `WARM_UP_S` of heartbeats lets each worker meet the nodes (not measured).
+the measured runs, `WARM_UP_S` (QUICK: 3 s) of heartbeats lets each worker meet the nodes.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ BALANCE_ATTEMPTS = 8
 QUICK_SECONDS = 5.0  # per wrk run (QUICK); a full run takes 60 s
 PROBE_S = 1.5
 WARM_UP_S = 5.0
+QUICK_WARM_UP_S = 3.0
 _GUNICORN_MASTERS: dict[str, int] = {}  # host:port -> pid of a running api_server's master
 MIN_GAP_S = 1.05
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -308,8 +309,8 @@ async def _register(url: str, nodes: int) -> tuple[list[tuple[str, str]], float]
                 for i in range(nodes)
             )
         )
-        # One first heartbeat each (unknown -> online, audited): the figure is the steady state
-        # of a running fleet, not a fleet coming online.
+        # One first heartbeat each (takes each node's first history sample): the figure is
+        # the steady state of a running fleet, not a fleet coming online.
         await asyncio.gather(*(_first_heartbeat(url, http, r, limiter) for r in registrations))
     return [(r.node_id, r.node_key) for r in registrations], time.perf_counter() - started
 
@@ -326,7 +327,9 @@ async def _first_heartbeat(
         response.raise_for_status()
 
 
-def _measure(url: str, nodes: int, seconds: float, tmp: Path) -> dict[str, Any]:
+def _measure(
+    url: str, nodes: int, seconds: float, tmp: Path, warm_up_s: float = WARM_UP_S
+) -> dict[str, Any]:
     """Heartbeats from `nodes` registered nodes, round robin, next to GET /health."""
     credentials, setup_s = asyncio.run(_register(url, nodes))
     time.sleep(MIN_GAP_S)  # the protocol's 1/s per-node limit, not synchronisation
@@ -334,7 +337,7 @@ def _measure(url: str, nodes: int, seconds: float, tmp: Path) -> dict[str, Any]:
     script.write_text(WRK_HEARTBEAT % ",".join(f'{{"{n}","{k}"}}' for n, k in credentials))
     # Warm up: the workers' connections, and each worker's memory of the nodes (a steady
     # fleet's state; a node heartbeats again only after the /health run, well over a second).
-    _wrk(url, WARM_UP_S, script)
+    _wrk(url, warm_up_s, script)
     trivial = _wrk(f"{url}/health", seconds)
     beats = _wrk(url, seconds, script)
     return {
@@ -370,14 +373,16 @@ def run(*, quick: bool) -> dict[str, Any]:
     seconds = QUICK_SECONDS if quick else 60.0
     figures: dict[str, Any] = {}
     for name, server, nodes in (
-        ("web", web_server, 2000 if quick else 3000),
-        ("api", api_server, 4000 if quick else 6000),
+        ("web", web_server, 1800 if quick else 3000),
+        ("api", api_server, 3600 if quick else 6000),
     ):
         with (
             tempfile.TemporaryDirectory(prefix=f"sentinel-bench-{name}-") as tmp,
             server(Path(tmp)) as url,
         ):
-            figures[f"heartbeats_per_s_{name}"] = _measure(url, nodes, seconds, Path(tmp))
+            warm_up_s = QUICK_WARM_UP_S if quick else WARM_UP_S
+            figure = _measure(url, nodes, seconds, Path(tmp), warm_up_s)
+            figures[f"heartbeats_per_s_{name}"] = figure
     return figures
 
 
