@@ -105,7 +105,7 @@ def heartbeat(node: nodes.NodeContext, body: HeartbeatIn) -> dict[str, Any]:
     metrics.NODE_HEARTBEATS.inc()
     if remembered is not None:
         values = nodes.heartbeat_values(node.node, report, now)
-        buffer.remember_written(key, node, values, version)
+        buffer.remember(key, node, values, version, written=True)
     return result
 
 

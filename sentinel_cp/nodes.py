@@ -1,9 +1,11 @@
 """Nodes: registration, credentials, heartbeats, events, staleness, labels and groups.
 
-The heartbeat is the hot path of the whole product: a steady-state heartbeat costs one read
+The heartbeat is the hot path of the whole product: through the database it costs one read
 (the node, its project's settings and — for a JWT — its signing key, in one statement) and one
-UPDATE. History is sampled at most once a minute per node, and an event is published only when
-something an operator would see changed (status or active bundle).
+UPDATE; a steady one is usually answered from the process's memory and written in a batch
+(`steady_heartbeat`, `write_heartbeats`, `sentinel_cp/heartbeat_buffer.py`). History is sampled
+at most once a minute per node, and an event is published only when something an operator would
+see changed (status or active bundle).
 """
 
 from __future__ import annotations

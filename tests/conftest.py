@@ -115,6 +115,43 @@ def wait_for(
     )
 
 
+def drain_events(cache: Any, project_id: str) -> None:
+    """Wait until a poll cache's listener has received every event published so far: publish
+    one more about `project_id` and wait for it (Redis delivers in the order it took them)."""
+    from sentinel_cp import events
+
+    since = cache.invalidated_at.get(project_id, 0)
+    events.publish_now(events.event_payload(project_id, "test", "drain", "drain"))
+    wait_for(
+        lambda: cache.invalidated_at.get(project_id, 0) > since,
+        timeout=10,
+        what="the poll cache to receive the events published so far",
+    )
+
+
+class Statements:
+    """Counts the SQL statements executed on any engine inside `with Statements() as s:`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, *_args: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Statements:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "before_cursor_execute", self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.remove(Engine, "before_cursor_execute", self)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

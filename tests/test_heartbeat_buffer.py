@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 from bundle_helpers import operator_key, register_node, setup_project
-from conftest import bearer, wait_for
-from sqlalchemy import event, func, select
-from sqlalchemy.engine import Engine
+from conftest import Statements, bearer, drain_events, wait_for
+from sqlalchemy import func, select
 
 from blueprints import node_api
 from sentinel_cp import heartbeat_buffer, nodes
@@ -29,23 +28,6 @@ from sentinel_cp.db import db, hot_connection, utcnow
 
 BUNDLE_A = "a" * 64
 BUNDLE_B = "b" * 64
-
-
-class Statements:
-    """SQL statements executed on any engine while counting."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, *_args: Any) -> None:
-        self.count += 1
-
-    def __enter__(self) -> Statements:
-        event.listen(Engine, "before_cursor_execute", self)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        event.remove(Engine, "before_cursor_execute", self)
 
 
 class Clock:
@@ -76,6 +58,7 @@ def fleet(app: Any, client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[di
     assert buffer is not None
     buffer.stopping.set()  # the test decides when to flush
     wait_for(buffer.cache.subscribed.is_set, timeout=10, what="the poll cache to subscribe")
+    drain_events(buffer.cache, project_id)  # the registration's event must not land mid-test
     yield {
         "project_id": project_id,
         "key": key,
