@@ -119,7 +119,7 @@ def buffered_heartbeat(node_id: str) -> dict[str, Any] | None:
     if key is None:
         return None
     g.heartbeat_buffer = (buffer, key, buffer.cache.version)  # before the credential read
-    if key[0] not in buffer.entries:
+    if not buffer.knows(key):  # (checked before the body is read, as authentication is)
         return None
     body = cast(HeartbeatIn, parse_json_body(HeartbeatIn))
     answer = buffer.heartbeat(key, _report(body), utcnow())

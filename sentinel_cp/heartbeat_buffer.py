@@ -80,6 +80,11 @@ class HeartbeatBuffer:
 
     # --- the request side ---------------------------------------------------------------------
 
+    def knows(self, key: tuple[str, str]) -> bool:
+        """Whether this credential of this node is remembered (trusted or not)."""
+        entry = self.entries.get(key[0])
+        return entry is not None and entry.credential == key[1]
+
     def heartbeat(
         self, key: tuple[str, str], report: dict[str, Any], now: datetime
     ) -> dict[str, Any] | None:

@@ -699,8 +699,9 @@ def after_heartbeat(node: NodeIdentity, values: dict[str, Any]) -> NodeIdentity:
 
 
 def write_heartbeats(conn: Connection, batch: dict[uuid.UUID, dict[str, Any]]) -> None:
-    """Write deferred steady heartbeats (node -> its latest `steady_heartbeat` values) in one
-    transaction on an autocommit connection, one executemany per set of columns.
+    """Write deferred steady heartbeats (node -> its latest `steady_heartbeat` values) on an
+    autocommit connection: on PostgreSQL one statement over a JSON array, elsewhere one
+    transaction with an executemany per set of columns.
 
     The guard of `record_heartbeat` holds for each row: a node no longer online (the staleness
     sweep was first) or with a later heartbeat already written (by another process) keeps
