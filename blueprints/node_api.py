@@ -104,8 +104,7 @@ def heartbeat(node: nodes.NodeContext, body: HeartbeatIn) -> dict[str, Any]:
     db.session.commit()
     metrics.NODE_HEARTBEATS.inc()
     if remembered is not None:
-        values = nodes.heartbeat_values(node.node, report, now)
-        buffer.remember(key, node, values, version, written=True)
+        buffer.written(key, node, report, now, version)
     return result
 
 

@@ -177,6 +177,16 @@ def compute_hash(row: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _link(rows: list[Any], first_seq: int, prev_hash: str) -> str:
+    """Number `rows` from `first_seq` and hash-link each to the one before, the first to
+    `prev_hash` (sets `seq`, `prev_hash`, `entry_hash` on each); returns the last hash. The
+    one place a chain grows, for both databases."""
+    for seq, row in enumerate(rows, start=first_seq):
+        row.seq, row.prev_hash = seq, prev_hash
+        row.entry_hash = prev_hash = compute_hash(row)
+    return prev_hash
+
+
 def _advance_head(session: Session, chain: str, count: int) -> tuple[int, str]:
     """Lock the chain head and take `count` sequence numbers (SQLite); returns the first
     number and the hash it links to. The head is created on first use."""
@@ -276,14 +286,10 @@ def _link_pending(session: Session) -> None:
         return
     for chain in sorted(by_chain):
         rows = by_chain[chain]
-        seq, prev_hash = _advance_head(session, chain, len(rows))
-        for row in rows:
-            row.seq, row.prev_hash = seq, prev_hash
-            row.entry_hash = prev_hash = compute_hash(row)
-            seq += 1
+        last_hash = _link(rows, *_advance_head(session, chain, len(rows)))
         session.add_all(rows)
         session.execute(
-            update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=prev_hash)
+            update(AuditChainHead).where(AuditChainHead.chain == chain).values(last_hash=last_hash)
         )
 
 
@@ -384,30 +390,27 @@ def _link_rows(bind: Engine | Connection, chain: str) -> int:
                         .on_conflict_do_nothing(index_elements=["chain"])
                     )
                     continue  # commit the new head, then take it
-                rows = conn.execute(_UNLINKED, params).all()
+                rows = [
+                    SimpleNamespace(**row._mapping, meta=row._mapping["metadata"])
+                    for row in conn.execute(_UNLINKED, params)
+                ]
                 if not rows:
                     return linked
-                seq, prev_hash = head.seq, head.last_hash
-                links = []
-                for row in rows:
-                    seq += 1
-                    fields = SimpleNamespace(**row._mapping)
-                    fields.seq, fields.prev_hash = seq, prev_hash
-                    fields.meta = row._mapping["metadata"]
-                    entry_hash = compute_hash(fields)
-                    links.append(
+                last_hash = _link(rows, head.seq + 1, head.last_hash)
+                conn.execute(
+                    _SET_LINK,
+                    [
                         {
                             "row_id": row.id,
-                            "new_seq": seq,
-                            "new_prev": prev_hash,
-                            "new_hash": entry_hash,
+                            "new_seq": row.seq,
+                            "new_prev": row.prev_hash,
+                            "new_hash": row.entry_hash,
                         }
-                    )
-                    prev_hash = entry_hash
-                conn.execute(_SET_LINK, links)
-                conn.execute(
-                    _SET_HEAD, {"head_chain": chain, "new_seq": seq, "new_hash": prev_hash}
+                        for row in rows
+                    ],
                 )
+                new_head = {"head_chain": chain, "new_seq": rows[-1].seq, "new_hash": last_hash}
+                conn.execute(_SET_HEAD, new_head)
             linked += len(rows)
             # Look again without the lock: rows that committed while this one held it.
             with conn.begin():

@@ -144,15 +144,9 @@ class HeartbeatBuffer:
         ctx: nodes.NodeContext,
         values: dict[str, Any],
         read_at_version: int,
-        *,
-        written: bool = False,
     ) -> None:
-        """Keep the snapshot of a node whose heartbeat was just queued, or `written` by
-        `record_heartbeat` (`values`), read at `read_at_version` (taken before the credential
-        read). A written one means the database takes writes again: after a failed flush,
-        memory answers only once it has."""
-        if written:
-            self.writing = True
+        """Keep the snapshot of a node whose heartbeat was just queued or written (`values`),
+        read at `read_at_version` (taken before the credential read)."""
         valid_for_s = MAX_AGE_S * random.uniform(2 / 3, 1)
         if ctx.expires_at is not None:
             valid_for_s = min(valid_for_s, ctx.expires_at - time.time())
@@ -167,6 +161,19 @@ class HeartbeatBuffer:
             self.entries[node_id] = Entry(
                 credential, snapshot, read_at_version, self.clock() + valid_for_s
             )
+
+    def written(
+        self,
+        key: tuple[str, str],
+        ctx: nodes.NodeContext,
+        report: dict[str, Any],
+        now: datetime,
+        read_at_version: int,
+    ) -> None:
+        """`record_heartbeat` just wrote this heartbeat: the database takes writes again (after
+        a failed flush, memory answers only once it has), and the node is remembered."""
+        self.writing = True
+        self.remember(key, ctx, nodes.heartbeat_values(ctx.node, report, now), read_at_version)
 
     def _trusted(self, entry: Entry) -> bool:
         return self.cache.trusted(
