@@ -466,6 +466,27 @@ def test_gate_clocks_from_before_the_bake_started_are_ignored() -> None:
     assert isinstance(action, RecordGates) and action.passing_since == at(75)
 
 
+@pytest.mark.parametrize("floor", ["baking_since", "resumed_at"])
+def test_a_tick_whose_clock_runs_behind_the_bake_starts_a_clock_it_keeps(floor: str) -> None:
+    # A worker 3 s behind the one that started the bake (or took the resume): the clock it
+    # starts must not be void at once, or every replay of the tick records a new one.
+    failing = verified(0, health_status="unhealthy", heartbeat=25)
+    first = decide(baking([failing], **{floor: at(30)}), at(27))
+    assert isinstance(first, RecordGates)
+    assert (first.failing_since, first.changed) == (at(30), True)
+    assert first.metadata["failing_s"] == 0
+    again = decide(baking([failing], **{floor: at(30)}, gates_failing_since=at(30)), at(27))
+    assert isinstance(again, RecordGates) and not again.changed
+
+    passing = verified(0, heartbeat=25)
+    first = decide(baking([passing], {"bake_s": 60}, **{floor: at(30)}), at(27))
+    assert isinstance(first, RecordGates) and (first.passing_since, first.changed) == (at(30), True)
+    again = decide(
+        baking([passing], {"bake_s": 60}, **{floor: at(30)}, gates_passing_since=at(30)), at(27)
+    )
+    assert isinstance(again, RecordGates) and not again.changed
+
+
 def test_a_node_failing_while_baking_fails_the_step() -> None:
     action = decide(baking([verified(0), node(1, state="rolled_back")]), at(10))
     assert isinstance(action, FailStep) and action.reason == "max_failures_exceeded"

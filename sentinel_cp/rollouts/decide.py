@@ -369,10 +369,11 @@ def _baking(view: RolloutView, step: StepView, now: datetime) -> Action:
     )
     passing_since = _current_clock(step.gates_passing_since, step)
     failing_since = _current_clock(step.gates_failing_since, step)
+    start = _clock_start(step, now)
     base = {"step_index": step.index, "verdict": verdict.state}
     if verdict.passing:
-        since = passing_since or now
-        baked = (now - since).total_seconds()
+        since = passing_since or start
+        baked = max(0.0, (now - since).total_seconds())
         if baked >= config.bake_s:
             return CompleteStep(
                 reason="step_completed",
@@ -395,8 +396,8 @@ def _baking(view: RolloutView, step: StepView, now: datetime) -> Action:
             changed=passing_since is None,
         )
     if verdict.state == "failing":
-        since = failing_since or now
-        failing = (now - since).total_seconds()
+        since = failing_since or start
+        failing = max(0.0, (now - since).total_seconds())
         if failing > config.gate_grace_s:
             return _fail_step(
                 view,
@@ -446,6 +447,17 @@ def _current_clock(since: datetime | None, step: StepView) -> datetime | None:
         if floor is not None and since < floor:
             return None
     return since
+
+
+def _clock_start(step: StepView, now: datetime) -> datetime:
+    """When a gate clock started now begins: never before the bake or the latest resume.
+
+    A worker whose clock runs behind the one that started the bake (or took the resume) would
+    otherwise start a clock that `_current_clock` voids at once, and every tick would record
+    a new one: a tick would never be a fixed point.
+    """
+    floors = [floor for floor in (step.baking_since, step.resumed_at) if floor is not None]
+    return max([now, *floors])
 
 
 # --- 7. deadline ----------------------------------------------------------------------------
