@@ -282,5 +282,5 @@ async def dashboard_page(request: Request):
             render_rollouts(fresh["rollouts"])
             render_attention(fresh)
 
-        live.follow(live.for_project(project_id), refresh)
+        live.follow(live.for_project_changes(project_id), refresh)
     return None

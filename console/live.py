@@ -168,6 +168,20 @@ def for_project(project_id: str, *kinds: str) -> Callable[[dict[str, Any]], bool
     )
 
 
+def for_project_changes(project_id: str) -> Callable[[dict[str, Any]], bool]:
+    """This project's events, less the audit echo of a node change.
+
+    Every audited `node.*` action publishes a `node` event in the same commit, so the echo says
+    nothing a refresh after the `node` event does not read. Following both cost a second
+    refresh per change, a whole `LIVE_INTERVAL_S` later (the coalescer's trailing edge) — and
+    the next change to arrive waited for that one: ~0.85 s instead of ~0.07 s.
+    """
+    return lambda event: (
+        event.get("project") == project_id
+        and not (event.get("kind") == "audit" and str(event.get("state") or "").startswith("node."))
+    )
+
+
 def follow(
     matches: Callable[[dict[str, Any]], bool],
     refresh: Callable[[], Awaitable[None]],

@@ -423,7 +423,9 @@ async def nodes_page(request: Request):
         data = await call(load_table, slug, TableQuery())
         table = FleetTable(slug, data)
         live.follow(
-            live.for_project(data["project_id"]), table.reload, periodic_s=PERIODIC_REFRESH_S
+            live.for_project_changes(data["project_id"]),
+            table.reload,
+            periodic_s=PERIODIC_REFRESH_S,
         )
     return None
 
@@ -772,6 +774,8 @@ async def node_page(request: Request, node_id: str):
             return None
         detail = NodeDetail(operator, session_cookie(request), slug, data)
         live.follow(
-            live.for_project(data["project_id"]), detail.reload, periodic_s=PERIODIC_REFRESH_S
+            live.for_project_changes(data["project_id"]),
+            detail.reload,
+            periodic_s=PERIODIC_REFRESH_S,
         )
     return None

@@ -176,8 +176,9 @@ class HeartbeatBuffer:
         self.remember(key, ctx, nodes.heartbeat_values(ctx.node, report, now), read_at_version)
 
     def _trusted(self, entry: Entry) -> bool:
+        node = entry.context.node
         return self.cache.trusted(
-            str(entry.context.node.project_id), entry.read_at_version, entry.good_until
+            str(node.project_id), entry.read_at_version, entry.good_until, str(node.id)
         )
 
     def _make_room(self) -> None:

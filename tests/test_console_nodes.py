@@ -524,3 +524,19 @@ def test_nodes_page_in_chromium(tmp_path: Path, chromium: Any) -> None:
         chromium.save_screenshot(str(ARTIFACTS / "console-node-detail.png"))
     finally:
         assert server.stop() == 0
+
+
+def test_the_fleet_pages_follow_a_node_change_once_not_its_audit_echo() -> None:
+    """A node change publishes a `node` event and, audited in the same commit, an `audit`
+    event: the fleet pages follow the first only (one refresh per change, not two)."""
+    from console.live import for_project_changes
+    from sentinel_cp.events import event_payload
+
+    project, other, node = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    hears = for_project_changes(str(project))
+    assert hears(event_payload(project, "node", node, "online"))
+    assert hears(event_payload(project, "rollout", uuid.uuid4(), "running"))
+    assert hears(event_payload(project, "audit", uuid.uuid4(), "group.created"))
+    assert not hears(event_payload(project, "audit", uuid.uuid4(), "node.online"))
+    assert not hears(event_payload(project, "audit", uuid.uuid4(), "node.bundle_verified"))
+    assert not hears(event_payload(other, "node", node, "online"))

@@ -242,7 +242,7 @@ def test_a_revoked_key_is_refused_on_the_next_heartbeat(client: Any, fleet: dict
     )
     assert revoked.status_code == 200, revoked.get_json()
     wait_for(
-        lambda: buffer.cache.invalidated_at.get(fleet["project_id"], 0) > since,
+        lambda: buffer.cache.node_invalidated_at.get(node_id, 0) > since,
         timeout=10,
         what="the revocation's event",
     )

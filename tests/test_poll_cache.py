@@ -12,6 +12,7 @@ subscribed again.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,55 @@ def test_an_entry_is_answered_until_its_project_has_an_event() -> None:
     assert cache.etag_for(("other", "d")) is None
     cache.invalidate("p1")
     assert cache.etag_for(KEY) is None
+
+
+def published(project: str | None, kind: str, ident: str | None, state: str) -> dict[str, Any]:
+    """The listener's view of one event on the channel."""
+    payload = {"project": project, "kind": kind, "id": ident, "state": state}
+    return {"type": "message", "data": json.dumps(payload)}
+
+
+def test_a_node_event_makes_only_that_node_forget() -> None:
+    cache = subscribed_cache()
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    cache.remember(("n2", "d"), '"e2"', "p1", cache.version)
+    cache.handle(published("p1", "node", KEY[0], "bundle_verified"))
+    assert cache.etag_for(KEY) is None
+    assert cache.etag_for(("n2", "d")) == '"e2"'  # the same project's other node
+
+
+def test_the_audit_echo_of_a_node_change_is_passed_over_and_other_events_forget_the_project() -> (
+    None
+):
+    cache = subscribed_cache()
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    version = cache.version
+    cache.handle(published("p1", "audit", "row-1", "node.bundle_verified"))
+    assert cache.version == version and cache.etag_for(KEY) == '"e1"'
+    cache.handle(published("p1", "audit", "row-2", "project.settings_updated"))
+    assert cache.etag_for(KEY) is None  # settings, signing keys, rollouts: every node
+    cache.remember(KEY, '"e2"', "p1", cache.version)
+    cache.handle(published("p1", "rollout", "r-1", "running"))
+    assert cache.etag_for(KEY) is None
+    cache.remember(KEY, '"e3"', "p1", cache.version)
+    cache.handle(published(None, "user", "u-1", "created"))  # about no project: everything
+    assert cache.etag_for(KEY) is None
+    cache.remember(KEY, '"e4"', "p1", cache.version)
+    cache.handle({"type": "message", "data": "not json"})
+    assert cache.etag_for(KEY) is None
+
+
+def test_node_versions_are_bounded_and_forgetting_them_forgets_what_was_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pollcache, "MAX_ENTRIES", 3)
+    cache = subscribed_cache()
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    for i in range(3):
+        cache.invalidate("p1", f"other-{i}")
+    assert cache.etag_for(KEY) == '"e1"'  # other nodes' events
+    cache.invalidate("p1", "other-3")  # one version too many: all go, and what was read
+    assert cache.etag_for(KEY) is None and len(cache.node_invalidated_at) == 1
 
 
 def test_a_read_that_raced_an_event_is_never_trusted() -> None:
@@ -199,9 +249,13 @@ def assign(app: Any, bundle_id: str, node_id: str) -> None:
         db.session.commit()
 
 
-def wait_for_event(cache: pollcache.PollCache, project_id: str, since: int) -> None:
+def wait_for_event(cache: pollcache.PollCache, project_id: str, node_id: str, since: int) -> None:
+    """Until an event about the project, or about the node, reached the cache after `since`."""
     wait_for(
-        lambda: cache.invalidated_at.get(project_id, 0) > since,
+        lambda: (
+            max(cache.invalidated_at.get(project_id, 0), cache.node_invalidated_at.get(node_id, 0))
+            > since
+        ),
         timeout=10,
         what="the change's event to reach the poll cache",
     )
@@ -237,7 +291,7 @@ def test_an_assignment_reaches_the_next_poll(
     assert_answered_from_memory(client, node_id, node_key, etag)
     since = cache.version
     assign(cached, fleet["bundle_id"], node_id)
-    wait_for_event(cache, fleet["project_id"], since)
+    wait_for_event(cache, fleet["project_id"], node_id, since)
     offer = poll(client, node_id, node_key, etag)
     assert offer.status_code == 200
     assert offer.get_json()["bundle_id"] == fleet["bundle_id"]
@@ -256,7 +310,7 @@ def test_a_revoked_key_is_refused_on_its_next_poll(client: Any, fleet: dict[str,
         headers=bearer(fleet["key"]),
     )
     assert revoked.status_code == 200, revoked.get_json()
-    wait_for_event(cache, fleet["project_id"], since)
+    wait_for_event(cache, fleet["project_id"], node_id, since)
     assert poll(client, node_id, node_key, etag).status_code == 401
 
 
@@ -265,9 +319,9 @@ def test_a_revoked_bundle_is_no_longer_offered(
 ) -> None:
     node_id, node_key = fleet["node"]
     cache = fleet["cache"]
-    since = cache.invalidated_at.get(fleet["project_id"], 0)
+    since = cache.version
     assign(cached, fleet["bundle_id"], node_id)
-    wait_for_event(cache, fleet["project_id"], since)
+    wait_for_event(cache, fleet["project_id"], node_id, since)
     offer = poll(client, node_id, node_key)
     assert offer.get_json()["bundle_id"] == fleet["bundle_id"]
     etag = offer.headers["ETag"]
@@ -279,7 +333,7 @@ def test_a_revoked_bundle_is_no_longer_offered(
         headers=bearer(fleet["key"]),
     )
     assert revoked.status_code == 200, revoked.get_json()
-    wait_for_event(cache, fleet["project_id"], since)
+    wait_for_event(cache, fleet["project_id"], node_id, since)
     after = poll(client, node_id, node_key, etag)
     assert after.status_code == 200 and after.get_json()["no_update"] is True
 
@@ -350,9 +404,8 @@ def test_a_published_event_reaches_the_cache_through_redis(private_redis: RedisP
     cache = _listening(private_redis.url())
     try:
         cache.remember(KEY, '"e1"', "p1", cache.version)
-        redis.Redis.from_url(private_redis.url()).publish(
-            events.CHANNEL, '{"project": "p1", "kind": "node", "id": "x", "state": "assigned"}'
-        )
+        node_event = {"project": "p1", "kind": "node", "id": KEY[0], "state": "assigned"}
+        redis.Redis.from_url(private_redis.url()).publish(events.CHANNEL, json.dumps(node_event))
         wait_for(lambda: cache.etag_for(KEY) is None, timeout=10, what="the entry to go")
     finally:
         cache.stop()

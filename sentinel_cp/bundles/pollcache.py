@@ -14,10 +14,17 @@ What makes it forget — the events channel is its invalidation bus. Every audit
 publishes an event naming its project after it commits (assignments, status reports, key
 revocation, node deletion, bundle revocation and collection, signing keys, project settings,
 rollout state), and so does a heartbeat that changes a node's running bundle. A listener thread
-subscribed to the channel marks the project invalidated at a version number; an entry is good
-only if it was read after its project's last invalidation (the version is taken before the
-database read, and an event is received only after its commit, so a read that raced a change
-is never trusted). While the listener is not subscribed — not yet, or Redis went away or stopped
+subscribed to the channel marks what the event is about invalidated at a version number; an
+entry is good only if it was read after the last invalidation of its project and of its node
+(the version is taken before the database read, and an event is received only after its
+commit, so a read that raced a change is never trusted). What an event is about (`scope`): a
+`node` event names one node, and only that node's entries forget (a status report, an
+assignment, a node coming online, revoked or deleted); the `audit` event of a `node.*` action
+says nothing more — every such change publishes its `node` event in the same commit and the
+same pipelined publish — so it is passed over; every other event (project settings, signing
+keys, bundles, rollouts, anything unknown) makes the whole project forget. Until session 8 every
+event did that, so during a rollout each status report made every process re-read every node
+of the project. While the listener is not subscribed — not yet, or Redis went away or stopped
 answering its pings, when events may be missed — nothing is answered from memory and
 everything is forgotten. An event its publisher failed to send (logged as "event(s) not
 published") is the one thing this cannot see: `MAX_AGE_S` bounds how long such an answer
@@ -70,6 +77,7 @@ class PollCache:
         self.entries: dict[str, Entry] = {}  # one per node: the credential it last answered
         self.version = 0
         self.invalidated_at: dict[str, int] = {}  # project id -> version of its last event
+        self.node_invalidated_at: dict[str, int] = {}  # node id -> version of its last event
         self.floor = 0  # entries read before this version are never trusted
         self.subscribed = threading.Event()
         self.stopping = threading.Event()
@@ -102,19 +110,21 @@ class PollCache:
         entry = self.entries.get(node)
         if entry is None or entry.credential != credential:
             return None
-        if not self.trusted(entry.project, entry.read_at_version, entry.good_until):
+        if not self.trusted(entry.project, entry.read_at_version, entry.good_until, node):
             self.entries.pop(node, None)
             return None
         return entry.etag
 
-    def trusted(self, project: str, read_at_version: int, good_until: float) -> bool:
-        """Whether what was read about `project` at `read_at_version` is still current: no
-        event about the project since, the listener subscribed all along, not past
-        `good_until`. (The heartbeat buffer remembers node snapshots by the same rule.)"""
+    def trusted(self, project: str, read_at_version: int, good_until: float, node: str) -> bool:
+        """Whether what was read about `node` of `project` at `read_at_version` is still
+        current: no event about the project or the node since, the listener subscribed all
+        along, not past `good_until`. (The heartbeat buffer remembers node snapshots by the
+        same rule.)"""
         return (
             self.subscribed.is_set()
             and read_at_version >= self.floor
             and read_at_version >= self.invalidated_at.get(project, 0)
+            and read_at_version >= self.node_invalidated_at.get(node, 0)
             and self.clock() < good_until
         )
 
@@ -147,20 +157,28 @@ class PollCache:
 
     # --- the listener side --------------------------------------------------------------------
 
-    def invalidate(self, project: str | None) -> None:
-        """An event about `project` (None: about anything) arrived."""
+    def invalidate(self, project: str | None, node: str | None = None) -> None:
+        """An event about `node` (None: any node) of `project` (None: about anything) arrived."""
         with self._lock:
             self.version += 1
             if project is None:
                 self.floor = self.version
-            else:
+            elif node is None:
                 self.invalidated_at[project] = self.version
+            else:
+                if len(self.node_invalidated_at) >= MAX_ENTRIES:
+                    # bounded like the entries: forgetting every node's version is safe only
+                    # if everything read before now is forgotten with them
+                    self.node_invalidated_at.clear()
+                    self.floor = self.version
+                self.node_invalidated_at[node] = self.version
 
     def forget_everything(self) -> None:
         with self._lock:
             self.version += 1
             self.floor = self.version
             self.invalidated_at.clear()
+            self.node_invalidated_at.clear()
             self.entries.clear()
 
     def handle(self, message: dict[str, Any] | None) -> None:
@@ -168,10 +186,11 @@ class PollCache:
             return
         try:
             payload = json.loads(message["data"])
-            project = payload.get("project") if isinstance(payload, dict) else None
         except (ValueError, TypeError):
-            project = None
-        self.invalidate(project if isinstance(project, str) else None)
+            payload = None
+        scope = event_scope(payload)
+        if scope is not None:
+            self.invalidate(*scope)
 
     def start(self) -> None:
         with self._lock:
@@ -230,6 +249,19 @@ class PollCache:
                     pinged_at = checked = now
         finally:
             pubsub.close()
+
+
+def event_scope(payload: Any) -> tuple[str | None, str | None] | None:
+    """What an event makes forget: (project, node), (project, None) for the whole project,
+    (None, None) for everything; None for nothing (the audit echo of a node change)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("project"), str):
+        return None, None
+    project, kind, ident = payload["project"], payload.get("kind"), payload.get("id")
+    if kind == "node" and isinstance(ident, str):
+        return project, ident
+    if kind == "audit" and str(payload.get("state") or "").startswith("node."):
+        return None  # its `node` event came in the same commit
+    return project, None
 
 
 _create_lock = threading.Lock()
