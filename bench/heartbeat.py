@@ -8,7 +8,8 @@ connections, keep-alive. A Python load generator saturates long before the serve
 - `api`: `gunicorn -w 2 -k gthread --threads 8 'app:create_app()'` (as in the Procfile) on
   PostgreSQL (a database this bench creates and drops) and Redis db 14 (flushed before and after).
 
-Nodes are registered first with the agent's client (not measured). wrk then sends heartbeats
+Nodes are registered first (`SEED`: the domain's `register_node` in a process of its own on the
+server's database, then one heartbeat each over HTTP; not measured). wrk then sends heartbeats
 with their node keys, round robin over all nodes; a node sent two heartbeats within a second gets
 429, which counts as a failure (so N must exceed the rate: `max_rate_without_429_per_s`).
 The load generator shares the machine with the server, as in a single-box deployment.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -51,6 +53,30 @@ PROBE_S = 1.5
 WARM_UP_S = 5.0
 QUICK_WARM_UP_S = 3.0
 _GUNICORN_MASTERS: dict[str, int] = {}  # host:port -> pid of a running api_server's master
+_SERVER_ENVS: dict[str, dict[str, str]] = {}  # url -> environment of a running server
+# Registers nodes with the domain's own `register_node` (audited, hashed keys, a batch per
+# transaction) in a process of its own on the server's database: over HTTP one at a time,
+# 3,600 nodes took a minute of a QUICK run (session 8), and registration is not the figure.
+SEED = """
+import json, sys, uuid
+from app import create_app
+from sentinel_cp import nodes, projects
+from sentinel_cp.db import db
+count, token, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+app, prefix, seeded = create_app(), f"bench-{uuid.uuid4().hex[:6]}", []
+with app.app_context():
+    project = projects.get_project("default")
+    for start in range(0, count, 500):
+        for i in range(start, min(count, start + 500)):
+            node, key, _ = nodes.register_node(
+                project, presented_token=token, name=f"{prefix}-{i:05d}", labels={},
+                capabilities=[], version=None, ip=None, hostname=None, metadata={},
+            )
+            seeded.append((str(node.id), key))
+        db.session.commit()
+with open(out, "w") as f:
+    json.dump(seeded, f)
+"""
 MIN_GAP_S = 1.05
 POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -118,8 +144,10 @@ def web_server(tmp: Path) -> Iterator[str]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, process)
+        _SERVER_ENVS[url] = _base_env(tmp / "data", port)
         yield url
     finally:
+        _SERVER_ENVS.pop(f"http://127.0.0.1:{port}", None)
         _stop(process)
 
 
@@ -177,9 +205,11 @@ def api_server(tmp: Path, database_url: str | None = None) -> Iterator[str]:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, process)
             _GUNICORN_MASTERS[f"127.0.0.1:{port}"] = process.pid
+            _SERVER_ENVS[url] = env
             yield url
         finally:
             _GUNICORN_MASTERS.pop(f"127.0.0.1:{port}", None)
+            _SERVER_ENVS.pop(f"http://127.0.0.1:{port}", None)
             if process is not None:
                 _stop(process)
 
@@ -294,35 +324,42 @@ def _parse_wrk(output: str) -> dict[str, Any]:
 
 
 async def _register(url: str, nodes: int) -> tuple[list[tuple[str, str]], float]:
-    from agent.client import NodeClient
-
-    token = _registration_token(url)
+    """`nodes` registered nodes of a server this module started (`SEED`), each with one first
+    heartbeat over HTTP; returns their (id, key) and the seconds it took."""
+    started = time.perf_counter()
+    credentials = _seed(url, nodes)
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     limiter = asyncio.Semaphore(CONCURRENCY)
-    started = time.perf_counter()
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, pool=None)) as http:
-        client = NodeClient(url, http=http, use_token=False, max_attempts=3, limiter=limiter)
-        prefix = f"bench-{uuid.uuid4().hex[:6]}"
-        registrations = await asyncio.gather(
-            *(
-                client.register("default", name=f"{prefix}-{i:05d}", registration_token=token)
-                for i in range(nodes)
-            )
-        )
         # One first heartbeat each (takes each node's first history sample): the figure is
         # the steady state of a running fleet, not a fleet coming online.
-        await asyncio.gather(*(_first_heartbeat(url, http, r, limiter) for r in registrations))
-    return [(r.node_id, r.node_key) for r in registrations], time.perf_counter() - started
+        await asyncio.gather(*(_first_heartbeat(url, http, c, limiter) for c in credentials))
+    return credentials, time.perf_counter() - started
+
+
+def _seed(url: str, nodes: int) -> list[tuple[str, str]]:
+    env = {k: v for k, v in _SERVER_ENVS[url].items() if k not in ("PORT", "HOST")}
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [sys.executable, "-c", SEED, str(nodes), _registration_token(url), out.name],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return [(node_id, key) for node_id, key in json.loads(Path(out.name).read_text())]
 
 
 async def _first_heartbeat(
-    url: str, http: httpx.AsyncClient, registration: Any, limiter: asyncio.Semaphore
+    url: str, http: httpx.AsyncClient, credential: tuple[str, str], limiter: asyncio.Semaphore
 ) -> None:
+    node_id, node_key = credential
     async with limiter:
         response = await http.post(
-            f"{url}/api/v1/nodes/{registration.node_id}/heartbeat",
+            f"{url}/api/v1/nodes/{node_id}/heartbeat",
             json={"health": {"status": "healthy"}},
-            headers={"X-Sentinel-Node-Key": registration.node_key},
+            headers={"X-Sentinel-Node-Key": node_key},
         )
         response.raise_for_status()
 
@@ -387,7 +424,5 @@ def run(*, quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import json
-
     sys.path.insert(0, str(ROOT))
     print(json.dumps(run(quick=os.environ.get("QUICK") not in (None, "", "0")), indent=2))
