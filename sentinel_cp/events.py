@@ -35,6 +35,14 @@ def event_payload(
     }
 
 
+def is_node_audit_echo(payload: dict[str, Any]) -> bool:
+    """The `audit` event of a `node.*` action. Every such action (registered, online, offline,
+    labels, deleted, key revoked, bundle reports) also publishes a `node` event naming the node,
+    in the same commit and so in the same pipelined publish: a reader of the `node` event has
+    nothing to learn from its echo. A new `node.*` action must keep that pairing."""
+    return payload.get("kind") == "audit" and str(payload.get("state") or "").startswith("node.")
+
+
 def publish_after_commit(project_id: object, kind: str, ident: object, state: str | None) -> None:
     """Queue `{project, kind, id, state}` for publication when the current transaction commits."""
     queue_for_commit(_PENDING, event_payload(project_id, kind, ident, state))

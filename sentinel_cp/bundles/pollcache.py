@@ -49,7 +49,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sentinel_cp.events import CHANNEL
+from sentinel_cp.events import CHANNEL, is_node_audit_echo
 
 log = logging.getLogger(__name__)
 MAX_ENTRIES = 200_000
@@ -259,7 +259,7 @@ def event_scope(payload: Any) -> tuple[str | None, str | None] | None:
     project, kind, ident = payload["project"], payload.get("kind"), payload.get("id")
     if kind == "node" and isinstance(ident, str):
         return project, ident
-    if kind == "audit" and str(payload.get("state") or "").startswith("node."):
+    if is_node_audit_echo(payload):
         return None  # its `node` event came in the same commit
     return project, None
 
