@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,54 @@ def test_revoking_a_node_key_publishes_a_node_event(app: Any, backend: Any) -> N
     assert {"kind": "node", "id": str(node.id), "state": "key_revoked"} in [
         {k: e[k] for k in ("kind", "id", "state")} for e in seen
     ]
+
+
+def test_every_audited_node_change_publishes_its_node_event_in_the_same_batch(
+    app: Any, backend: Any
+) -> None:
+    """The poll cache, the heartbeat buffer and the console's fleet pages pass over the audit
+    echo of a `node.*` action (`events.is_node_audit_echo`) because the change's own `node`
+    event goes out after the same commit, in the same pipelined publish. Each audited node
+    action here must show that: an echo never arrives in a batch without a node event."""
+    from unittest import mock
+
+    from bundle_helpers import operator_key, register_node, setup_project
+    from conftest import bearer
+
+    from sentinel_cp import nodes
+    from sentinel_cp.db import utcnow
+
+    setup_project(app)
+    key = operator_key(app)
+    client = app.test_client()
+    batches: list[list[dict[str, Any]]] = []
+    with mock.patch("sentinel_cp.events.send", lambda payloads: batches.append(list(payloads))):
+        node_id, node_key = register_node(client, "edge-pair")
+        heartbeat = f"/api/v1/nodes/{node_id}/heartbeat"
+        beat = {"X-Sentinel-Node-Key": node_key}
+        with app.app_context():
+            assert nodes.mark_stale_nodes(now=utcnow() + timedelta(hours=1)) == 1
+            db.session.commit()
+        assert client.post(heartbeat, json={}, headers=beat).status_code == 200  # back online
+        base = f"/api/v1/projects/default/nodes/{node_id}"
+        patched = client.patch(base, json={"labels": {"tier": "edge"}}, headers=bearer(key))
+        assert patched.status_code == 200, patched.get_json()
+        assert client.post(f"{base}/revoke-key", json={}, headers=bearer(key)).status_code == 200
+        node_id, _ = register_node(client, "edge-pair")  # re-registered after the revocation
+        deleted = client.delete(f"/api/v1/projects/default/nodes/{node_id}", headers=bearer(key))
+        assert deleted.status_code == 200, deleted.get_json()
+    seen: set[str] = set()
+    for batch in batches:
+        echoes = [e for e in batch if events.is_node_audit_echo(e)]
+        node_events = [e for e in batch if e["kind"] == "node"]
+        assert len(node_events) >= len(echoes), batch
+        seen |= {e["state"] for e in echoes}
+    assert seen >= {
+        "node.registered",
+        "node.offline",
+        "node.online",
+        "node.labels_updated",
+        "node.key_revoked",
+        "node.re_registered",
+        "node.deleted",
+    }
