@@ -112,8 +112,8 @@ FULL = {
     "layout": "production",
     "nodes": 10_000,
     "interval_s": 60,
-    # What one `web` process registers on this machine (55 to 60 a second, session 8); at 100/s the
-    # samples began with ~1,000 nodes still registering and the fleet flapping offline.
+    # Session 8: one embedded `web` process registered 55 to 60 nodes a second here; at 100/s
+    # its samples began with ~1,000 nodes still registering and the fleet flapping offline.
     "registrations_per_s": 60,
     "samples": 20,
     "phase_budget_s": 30.0,

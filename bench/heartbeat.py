@@ -340,14 +340,15 @@ async def _register(url: str, nodes: int) -> tuple[list[tuple[str, str]], float]
 def _seed(url: str, nodes: int) -> list[tuple[str, str]]:
     env = {k: v for k, v in _SERVER_ENVS[url].items() if k not in ("PORT", "HOST")}
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run(
+        seeded = subprocess.run(
             [sys.executable, "-c", SEED, str(nodes), _registration_token(url), out.name],
             cwd=ROOT,
             env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
+        if seeded.returncode != 0:
+            raise RuntimeError(f"seeding {nodes} nodes failed: {seeded.stderr[-2000:]}")
         return [(node_id, key) for node_id, key in json.loads(Path(out.name).read_text())]
 
 
