@@ -90,6 +90,7 @@ from bench.heartbeat import (  # noqa: E402
 )
 from bench.propagation import (  # noqa: E402
     CpuMeter,
+    Database,
     Group,
     Server,
     _login,
@@ -469,18 +470,6 @@ def _layout(name: str, tmp: Path) -> Iterator[Layout]:
             web.stop()
 
 
-def _heard_since(database_url: str, prefix: str, since: datetime) -> int:
-    """Fleet nodes whose last heartbeat is stored at or after `since` (PostgreSQL)."""
-    import psycopg
-
-    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM nodes WHERE name LIKE %s AND last_heartbeat_at >= %s",
-            (f"{prefix}%", since.replace(tzinfo=None)),
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
 @contextlib.contextmanager
 def _probes(url: str, token: str, count: int) -> Iterator[Probes]:
     probes = Probes(url, token, count)
@@ -547,7 +536,9 @@ def measure(*, quick: bool) -> dict[str, Any]:
                 if layout.name == "web":
                     beats = _heartbeats_total(server.url) - beats_before - len(loaded)
                 else:  # per-process counters under gunicorn: count the nodes heard instead
-                    beats = _heard_since(server.database_url, prefix, window_began)
+                    database = Database(server.database_url)
+                    beats = database.heartbeats_since(prefix, window_began)
+                    database.close()
                 stale = _count(api, "offline", prefix)
                 first_page = _first_page_ms(driver, console.url)
                 registered = _count(api, "online", "") + _count(api, "offline", "")

@@ -441,11 +441,8 @@ def _baseline(view: RolloutView) -> tuple[NodeView, ...]:
 
 def _current_clock(since: datetime | None, step: StepView) -> datetime | None:
     """A gate clock, unless it predates this bake or the latest resume (then it is void)."""
-    if since is None:
+    if since is None or any(since < floor for floor in _clock_floors(step)):
         return None
-    for floor in (step.baking_since, step.resumed_at):
-        if floor is not None and since < floor:
-            return None
     return since
 
 
@@ -456,8 +453,12 @@ def _clock_start(step: StepView, now: datetime) -> datetime:
     otherwise start a clock that `_current_clock` voids at once, and every tick would record
     a new one: a tick would never be a fixed point.
     """
-    floors = [floor for floor in (step.baking_since, step.resumed_at) if floor is not None]
-    return max([now, *floors])
+    return max([now, *_clock_floors(step)])
+
+
+def _clock_floors(step: StepView) -> list[datetime]:
+    """The instants no gate clock of this step may predate: the bake's start, the resume."""
+    return [floor for floor in (step.baking_since, step.resumed_at) if floor is not None]
 
 
 # --- 7. deadline ----------------------------------------------------------------------------
