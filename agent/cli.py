@@ -27,6 +27,7 @@ import random as random_module
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -299,6 +300,9 @@ class Agent:
                 credentials_file.save_state(self.options.state_path, self._bundle_state())
             except OSError as exc:  # keep serving; a restart would apply the bundle once more
                 log.error("could not save %s: %s", self.options.state_path, exc)
+        if result.outcome == "applied":
+            self._deferrals = 0
+            return ack.after_apply_s(time.monotonic())
         if result.outcome != "deferred":
             self._deferrals = 0
             return ack.next_heartbeat_s(interval)

@@ -249,12 +249,21 @@ class HeartbeatAck:
     last_seen_at: datetime | None
     poll_after_s: int
     assigned_bundle_id: str | None
+    # When the answer arrived (time.monotonic()): the server took the heartbeat before then.
+    answered_at: float = field(default_factory=time.monotonic)
 
     def next_heartbeat_s(self, interval_s: float) -> float:
         """When to come back: the usual interval, or sooner when the control plane asks (a
         shorter `poll_after_s` while this node takes part in a running rollout); never faster
         than the one heartbeat a second the server accepts."""
         return max(MIN_HEARTBEAT_GAP_S, min(interval_s, float(self.poll_after_s)))
+
+    def after_apply_s(self, now: float) -> float:
+        """When to come back after applying the bundle this heartbeat offered: at once, as
+        soon as the one-a-second limit allows (counted from this answer). The next heartbeat
+        carries the new `active_bundle_id` and is the fresh one the rollout's gates wait for
+        (spec/node-protocol.md, node behaviour, step 5)."""
+        return max(0.0, self.answered_at + MIN_HEARTBEAT_GAP_S - now)
 
 
 @dataclass(frozen=True)

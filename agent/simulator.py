@@ -308,8 +308,12 @@ class Simulation:
                 self.stats.record_ok((time.perf_counter() - started) * 1000)
                 wait = ack.next_heartbeat_s(interval)
                 if ack.assigned_bundle_id not in (None, applier.active_bundle_id):
-                    self.stats.record_apply(await applier.apply_assigned(ack.assigned_bundle_id))
+                    result = await applier.apply_assigned(ack.assigned_bundle_id)
+                    self.stats.record_apply(result)
                     self.active_bundles[self.node_name(index)] = applier.active_bundle_id
+                    if result.outcome == "applied":  # heartbeat at once, as the agent does
+                        next_at = self.clock() + ack.after_apply_s(time.monotonic())
+                        continue
             next_at = max(next_at + wait, self.clock() + MIN_HEARTBEAT_GAP_S)
 
     def progress_line(self, window_s: float, recent_ok: int) -> str:

@@ -38,7 +38,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sentinel_cp import metrics, nodes
+from sqlalchemy import Connection
+
+from sentinel_cp import jobqueue, metrics, nodes
+from sentinel_cp.bundles.distribution import rollout_settled
 from sentinel_cp.bundles.pollcache import PollCache
 from sentinel_cp.bundles.pollcache import for_app as poll_cache_for
 from sentinel_cp.db import hot_connection, utcnow
@@ -69,6 +72,7 @@ class HeartbeatBuffer:
         self.clock = clock
         self.entries: dict[str, Entry] = {}  # node id -> its snapshot
         self.pending: dict[uuid.UUID, dict[str, Any]] = {}  # node id -> values to write
+        self.ticks: set[uuid.UUID] = set()  # rollouts to tick once the pending writes are in
         # False from a failed write until a write works again (a flush, or a heartbeat written
         # through the database): while the database is away heartbeats take the database path
         # (503 and Retry-After), and none is acknowledged from memory.
@@ -130,6 +134,9 @@ class HeartbeatBuffer:
             if values is None:
                 return None
             self._queue(ctx.node.id, values)
+            rollout = self._gate_evidence(ctx.node)
+            if rollout is not None:
+                self.ticks.add(rollout)
         self.remember(key, ctx, values, read_at_version)
         metrics.HEARTBEATS_BUFFERED.inc()
         return nodes.heartbeat_answer(ctx, now)
@@ -174,6 +181,27 @@ class HeartbeatBuffer:
         a failed flush, memory answers only once it has), and the node is remembered."""
         self.writing = True
         self.remember(key, ctx, nodes.heartbeat_values(ctx.node, report, now), read_at_version)
+        rollout = self._gate_evidence(ctx.node)
+        if rollout is not None:
+            with self._lock:
+                self.ticks.add(rollout)  # written already; the next flush ticks it
+
+    def _gate_evidence(self, node: nodes.NodeIdentity) -> uuid.UUID | None:
+        """The rollout to tick once this heartbeat is written, when it is the node's first
+        since its `verified` report and the node runs the bundle its running rollout assigned:
+        the fresh heartbeat that rollout's gates wait for (only heartbeats after activation
+        count). Without the tick the step would wait for the sweep's (every 2 s). A heartbeat
+        read by the database path is the one that comes after the report: the report's event
+        made every process forget the node."""
+        if not self.cache.take_verified(str(node.id)):
+            return None
+        if (
+            node.assigned_rollout_id is None
+            or node.assigned_rollout_state not in nodes.ACTIVE_ROLLOUT_STATES
+            or node.active_bundle_id != node.assigned_bundle_id
+        ):
+            return None
+        return node.assigned_rollout_id
 
     def _trusted(self, entry: Entry) -> bool:
         node = entry.context.node
@@ -194,17 +222,21 @@ class HeartbeatBuffer:
     def flush(self) -> int:
         """Write what is waiting in one transaction; returns how many nodes were written.
         A failed write stays queued (unless a newer heartbeat of the node replaced it, or it
-        is older than `KEEP_FAILED`) and the error is logged."""
+        is older than `KEEP_FAILED`) and the error is logged. Then the rollouts that waited
+        for these heartbeats (`_gate_evidence`) are ticked, those whose step is settled."""
         with self._flush_lock:
             with self._lock:
                 batch, self.pending = self.pending, {}
-            if not batch:
+                ticks, self.ticks = self.ticks, set()
+            if not batch and not ticks:
                 return 0
             try:
                 with self.app.app_context():
                     connection = hot_connection()
                     try:
-                        nodes.write_heartbeats(connection, batch)
+                        if batch:
+                            nodes.write_heartbeats(connection, batch)
+                        settled = _settled(ticks, connection)
                     finally:
                         connection.close()
             except Exception:
@@ -212,8 +244,12 @@ class HeartbeatBuffer:
                 metrics.HEARTBEAT_FLUSH_FAILURES.inc()
                 self.writing = False
                 self._requeue(batch)
+                with self._lock:
+                    self.ticks |= ticks
                 return 0
             self.writing = True
+            for rollout in settled:
+                jobqueue.enqueue_now("tick_rollout", str(rollout), job_id=f"tick-{rollout}")
             return len(batch)
 
     def _requeue(self, batch: dict[uuid.UUID, dict[str, Any]]) -> None:
@@ -243,6 +279,17 @@ class HeartbeatBuffer:
     def _run(self) -> None:
         while not self.stopping.wait(FLUSH_S):
             self.flush()
+
+
+def _settled(rollouts: set[uuid.UUID], connection: Connection) -> list[uuid.UUID]:
+    """The rollouts whose current step has no delivery on its way: only such a step can start
+    baking or finish (until then the last `verified` report ticks it). A failed check counts as
+    settled: a tick too many is cheaper than a step left to the sweep."""
+    try:
+        return [rollout for rollout in sorted(rollouts) if rollout_settled(rollout, connection)]
+    except Exception as exc:
+        log.warning("rollout check failed (%s); ticking anyway", exc.__class__.__name__)
+        return sorted(rollouts)
 
 
 _create_lock = threading.Lock()

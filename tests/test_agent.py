@@ -46,6 +46,7 @@ from agent import simulator
 from agent.apply import ApplyResult
 from agent.cli import Agent, AgentOptions
 from agent.client import (
+    MIN_HEARTBEAT_GAP_S,
     Backoff,
     BadRequest,
     BundleOffer,
@@ -719,6 +720,34 @@ async def test_the_agent_comes_back_as_soon_as_the_control_plane_asks(
     agent.pause = pause  # type: ignore[method-assign]
     assert await asyncio.wait_for(agent.run(), timeout=10) == 0
     assert waits == [expected, expected]
+
+
+async def test_after_applying_a_bundle_the_agent_heartbeats_again_as_soon_as_it_may(
+    tmp_path: Path,
+) -> None:
+    """Step 5 of the node behaviour: the heartbeat carrying the new `active_bundle_id` is the
+    fresh one the rollout's gates wait for, so it goes as soon as the server's one-a-second
+    limit allows (counted from the answer that offered the bundle), not an interval later."""
+    cp = FakeControlPlane()
+    cp.heartbeat_poll_after_s = 30
+    bundle_id = cp.publish(build_archive())
+    agent, _ = _bundle_agent(cp, tmp_path)
+    agent.options.heartbeat_interval_s = 20.0
+    waits: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            agent.stop()
+
+    agent.pause = pause  # type: ignore[method-assign]
+    assert await asyncio.wait_for(agent.run(), timeout=10) == 0
+
+    assert [h["active_bundle_id"] for h in cp.heartbeats] == [None, bundle_id]
+    assert cp.states() == ["downloaded", "staged", "activated", "verified"]
+    after_apply, steady = waits
+    assert 0.0 <= after_apply <= MIN_HEARTBEAT_GAP_S
+    assert steady == 20.0
 
 
 async def test_a_restarted_agent_resumes_from_its_saved_bundle_without_applying_again(

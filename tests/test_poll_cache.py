@@ -98,6 +98,24 @@ def test_the_audit_echo_of_a_node_change_is_passed_over_and_other_events_forget_
     assert cache.etag_for(KEY) is None
 
 
+def test_a_verified_report_is_noted_once_for_the_nodes_next_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heartbeat buffer asks `take_verified` for the first heartbeat after a node's
+    `verified` report (the fresh one a rollout's gates wait for): true once, then false; no
+    other event is such a note; the notes are bounded (losing one leaves a tick to the sweep)."""
+    cache = subscribed_cache()
+    cache.handle(published("p1", "node", "n1", "bundle_activated"))
+    cache.handle(published("p1", "audit", "row-1", "node.bundle_verified"))
+    cache.handle(published("p1", "node", "n2", "bundle_verified"))
+    assert not cache.take_verified("n1")
+    assert cache.take_verified("n2") and not cache.take_verified("n2")
+    monkeypatch.setattr(pollcache, "MAX_ENTRIES", 2)
+    for node in ("a", "b", "c"):
+        cache.handle(published("p1", "node", node, "bundle_verified"))
+    assert [cache.take_verified(node) for node in ("a", "b", "c")] == [False, False, True]
+
+
 def test_node_versions_are_bounded_and_forgetting_them_forgets_what_was_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

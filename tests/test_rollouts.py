@@ -17,9 +17,10 @@ from bundle_helpers import (
     setup_project,
     submit,
 )
-from conftest import bearer, make_key, make_project, make_user
+from conftest import bearer, drain_events, make_key, make_project, make_user, wait_for
 from sqlalchemy import func, select, update
 
+from sentinel_cp import heartbeat_buffer
 from sentinel_cp.audit import AuditLog
 from sentinel_cp.bundles.models import NodeBundleStatus
 from sentinel_cp.db import db, utcnow
@@ -197,6 +198,66 @@ def test_only_reports_that_can_advance_a_rollout_ask_for_a_tick(
         "2:verified": False,  # node 3 still is
         "3:verified": True,  # the step's last delivery settled: it may complete
     }
+
+
+def test_the_first_heartbeat_after_the_last_verified_report_ticks_the_rollout(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    """The gates count only heartbeats sent after activation, so a step whose nodes all
+    verified waits for each node's next heartbeat. A heartbeat answered by the buffer is
+    written by its flush; the flush then ticks the rollout when the heartbeat is a node's first
+    since its `verified` report and the step has nothing left on its way — not for a node whose
+    step is still in progress (its last `verified` report ticks), not twice for one report."""
+    import redis
+    from rq import Queue
+
+    app.config["POLL_CACHE"] = True
+    with app.test_request_context():
+        buffer = heartbeat_buffer.for_app(app)
+    assert buffer is not None
+    buffer.stopping.set()  # the test flushes
+    try:
+        wait_for(buffer.cache.subscribed.is_set, timeout=10, what="the poll cache to subscribe")
+        response = create(client, key, bundle_id=bundle_id, strategy="all_at_once")
+        assert response.status_code == 201, response.get_json()
+        rollout_id = response.get_json()["id"]
+        run_jobs(app, backend.redis_url)
+        queue = Queue("default", connection=redis.Redis.from_url(backend.redis_url))
+
+        def report(node: tuple[str, str], *states: str) -> None:
+            for state in states:
+                reply = client.post(
+                    f"/api/v1/nodes/{node[0]}/bundles/{bundle_id}/{state}",
+                    json={},
+                    headers={"X-Sentinel-Node-Key": node[1]},
+                )
+                assert reply.status_code == 200, reply.get_json()
+
+        with app.app_context():
+            project_id = str(db.session.get(Rollout, uuid.UUID(rollout_id)).project_id)
+
+        def ticks_after_flush(node: tuple[str, str]) -> bool:
+            drain_events(buffer.cache, project_id)  # the reports' events are in
+            queue.empty()
+            beat(client, app, *node, active_bundle_id=bundle_id)
+            buffer.flush()
+            return f"tick-{rollout_id}" in queue.get_job_ids()
+
+        for node in fleet[:3]:
+            report(node, "downloaded", "staged", "activated", "verified")
+        report(fleet[3], "downloaded", "staged", "activated")
+        assert not ticks_after_flush(fleet[0])  # fleet[3] is still on its way
+        report(fleet[3], "verified")
+        assert ticks_after_flush(fleet[1])
+        assert not ticks_after_flush(fleet[1])  # its second heartbeat since the report
+        assert not ticks_after_flush(fleet[0])  # the note was taken by its first one
+        assert ticks_after_flush(fleet[2])
+        assert ticks_after_flush(fleet[3])
+        run_jobs(app, backend.redis_url)
+        assert show(client, key, rollout_id)["state"] == "completed"
+    finally:
+        buffer.stop()
+        buffer.cache.stop()
 
 
 def test_nodes_in_a_running_rollout_are_told_to_come_back_sooner(

@@ -248,13 +248,23 @@ def _step_settled(rollout_id: uuid.UUID, step_index: int | None, connection: Con
     """No delivery of this rollout step is still on its way (each is verified, failed, rolled
     back or skipped). Deliveries the tick judges by other evidence (a heartbeat showing the
     bundle active, a node gone offline) are left to the sweep's tick every few seconds."""
+    step = NodeBundleStatus.__table__.c.step_index == step_index
+    return connection.execute(_on_its_way(rollout_id).where(step)).first() is None
+
+
+def rollout_settled(rollout_id: uuid.UUID, connection: Connection) -> bool:
+    """No delivery of this rollout is still on its way: a rollout assigns one step at a time,
+    so this is its current step's `_step_settled` without knowing which step that is."""
+    return connection.execute(_on_its_way(rollout_id)).first() is None
+
+
+def _on_its_way(rollout_id: uuid.UUID) -> Any:
     rows = NodeBundleStatus.__table__
-    on_its_way = select(rows.c.id).where(
-        rows.c.rollout_id == rollout_id,
-        rows.c.step_index == step_index,
-        rows.c.state.not_in(FINAL),
+    return (
+        select(rows.c.id)
+        .where(rows.c.rollout_id == rollout_id, rows.c.state.not_in(FINAL))
+        .limit(1)
     )
-    return connection.execute(on_its_way.limit(1)).first() is None
 
 
 def _may_move(current: str, new: str) -> bool:

@@ -79,6 +79,9 @@ class PollCache:
         self.invalidated_at: dict[str, int] = {}  # project id -> version of its last event
         self.node_invalidated_at: dict[str, int] = {}  # node id -> version of its last event
         self.floor = 0  # entries read before this version are never trusted
+        # Nodes whose `verified` report was published, until a heartbeat of theirs takes the
+        # note (`take_verified`): that heartbeat is the evidence a rollout's gates wait for.
+        self.verified: set[str] = set()
         self.subscribed = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -173,6 +176,14 @@ class PollCache:
                     self.floor = self.version
                 self.node_invalidated_at[node] = self.version
 
+    def take_verified(self, node: str) -> bool:
+        """Whether `node` reported a bundle verified since this was last asked about it."""
+        with self._lock:
+            if node not in self.verified:
+                return False
+            self.verified.discard(node)
+            return True
+
     def forget_everything(self) -> None:
         with self._lock:
             self.version += 1
@@ -191,6 +202,12 @@ class PollCache:
         scope = event_scope(payload)
         if scope is not None:
             self.invalidate(*scope)
+        verified = verified_node(payload)
+        if verified is not None:
+            with self._lock:
+                if len(self.verified) >= MAX_ENTRIES:
+                    self.verified.clear()  # a lost note only leaves a tick to the sweep
+                self.verified.add(verified)
 
     def start(self) -> None:
         with self._lock:
@@ -262,6 +279,14 @@ def event_scope(payload: Any) -> tuple[str | None, str | None] | None:
     if is_node_audit_echo(payload):
         return None  # its `node` event came in the same commit
     return project, None
+
+
+def verified_node(payload: Any) -> str | None:
+    """The node a `bundle_verified` report event is about (`distribution.report_status`)."""
+    if not isinstance(payload, dict) or payload.get("kind") != "node":
+        return None
+    ident = payload.get("id")
+    return ident if payload.get("state") == "bundle_verified" and isinstance(ident, str) else None
 
 
 _create_lock = threading.Lock()
