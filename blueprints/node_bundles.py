@@ -98,7 +98,8 @@ def _remember(etag: str, node: nodes.NodeContext) -> None:
     valid_for_s = pollcache.MAX_AGE_S
     if node.expires_at is not None:  # a token: good until it expires
         valid_for_s = node.expires_at - time.time()
-    cache.remember(key, etag, str(node.node.project_id), version, valid_for_s)
+    identity = node.node
+    cache.remember(key, etag, str(identity.project_id), version, valid_for_s, identity.waits_on)
 
 
 @route(

@@ -43,6 +43,14 @@ def is_node_audit_echo(payload: dict[str, Any]) -> bool:
     return payload.get("kind") == "audit" and str(payload.get("state") or "").startswith("node.")
 
 
+def is_rollout_audit_echo(payload: dict[str, Any]) -> bool:
+    """The `audit` event of a `rollout.*` action. Every such action (created, started, each
+    step and gate transition, operator actions, approvals, rollbacks) publishes a `rollout`
+    event naming the rollout in the same commit; a new `rollout.*` action must keep that
+    pairing too."""
+    return payload.get("kind") == "audit" and str(payload.get("state") or "").startswith("rollout.")
+
+
 def publish_after_commit(project_id: object, kind: str, ident: object, state: str | None) -> None:
     """Queue `{project, kind, id, state}` for publication when the current transaction commits."""
     queue_for_commit(_PENDING, event_payload(project_id, kind, ident, state))

@@ -206,7 +206,11 @@ class HeartbeatBuffer:
     def _trusted(self, entry: Entry) -> bool:
         node = entry.context.node
         return self.cache.trusted(
-            str(node.project_id), entry.read_at_version, entry.good_until, str(node.id)
+            str(node.project_id),
+            entry.read_at_version,
+            entry.good_until,
+            str(node.id),
+            node.waits_on,
         )
 
     def _make_room(self) -> None:

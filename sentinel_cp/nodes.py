@@ -283,6 +283,14 @@ class NodeIdentity:
         return settings.poll_interval_s
 
     @property
+    def waits_on(self) -> str | None:
+        """The rollout whose state this node's answers depend on: the one that assigned it a
+        bundle it does not run yet (`poll_after_s`); its events make them be read again."""
+        if self.assigned_rollout_id is None or self.active_bundle_id == self.assigned_bundle_id:
+            return None
+        return str(self.assigned_rollout_id)
+
+    @property
     def offered_bundle_id(self) -> str | None:
         """The assigned bundle when a node may fetch it now (compiled, signed, not collected)."""
         bundle = self.assigned

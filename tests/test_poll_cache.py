@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 from bundle_helpers import CONFIG, operator_key, register_node, run_jobs, setup_project, submit
-from conftest import Statements, bearer, drain_events, wait_for
+from conftest import Statements, bearer, drain_events, make_key, wait_for
 from fault_support import RedisProcess
 
 from sentinel_cp import heartbeat_buffer, metrics
@@ -86,10 +86,7 @@ def test_the_audit_echo_of_a_node_change_is_passed_over_and_other_events_forget_
     cache.handle(published("p1", "audit", "row-1", "node.bundle_verified"))
     assert cache.version == version and cache.etag_for(KEY) == '"e1"'
     cache.handle(published("p1", "audit", "row-2", "project.settings_updated"))
-    assert cache.etag_for(KEY) is None  # settings, signing keys, rollouts: every node
-    cache.remember(KEY, '"e2"', "p1", cache.version)
-    cache.handle(published("p1", "rollout", "r-1", "running"))
-    assert cache.etag_for(KEY) is None
+    assert cache.etag_for(KEY) is None  # settings, signing keys, bundles: every node
     cache.remember(KEY, '"e3"', "p1", cache.version)
     cache.handle(published(None, "user", "u-1", "created"))  # about no project: everything
     assert cache.etag_for(KEY) is None
@@ -114,6 +111,25 @@ def test_a_verified_report_is_noted_once_for_the_nodes_next_heartbeat(
     for node in ("a", "b", "c"):
         cache.handle(published("p1", "node", node, "bundle_verified"))
     assert [cache.take_verified(node) for node in ("a", "b", "c")] == [False, False, True]
+
+
+def test_a_rollout_event_forgets_only_the_answers_that_depend_on_that_rollout() -> None:
+    """A rollout's state decides the `poll_after_s` of the nodes it assigned a bundle they do
+    not run yet, nothing else (its assignments publish `node` events): their entries, and only
+    theirs, forget; the `audit` echo of a `rollout.*` action is passed over."""
+    cache = subscribed_cache()
+    waiting, other, done = KEY, ("n2", "d"), ("n3", "d")
+    cache.remember(waiting, '"e1"', "p1", cache.version, rollout="r-1")
+    cache.remember(other, '"e2"', "p1", cache.version, rollout="r-2")
+    cache.remember(done, '"e3"', "p1", cache.version)  # runs its bundle, or never assigned
+    version = cache.version
+    cache.handle(published("p1", "audit", "row-1", "rollout.step_completed"))
+    assert cache.version == version and cache.etag_for(waiting) == '"e1"'
+    cache.handle(published("p1", "rollout", "r-1", "paused"))
+    assert cache.etag_for(waiting) is None
+    assert cache.etag_for(other) == '"e2"' and cache.etag_for(done) == '"e3"'
+    cache.handle(published("p1", "bundle", "b-1", "revoked"))
+    assert cache.etag_for(other) is None and cache.etag_for(done) is None
 
 
 def test_node_versions_are_bounded_and_forgetting_them_forgets_what_was_read(
@@ -314,6 +330,52 @@ def test_an_assignment_reaches_the_next_poll(
     assert offer.status_code == 200
     assert offer.get_json()["bundle_id"] == fleet["bundle_id"]
     assert offer.headers["ETag"] != etag
+
+
+def test_a_rollout_pausing_reaches_the_nodes_still_waiting_for_its_bundle_only(
+    client: Any, cached: Any, backend: Any, fleet: dict[str, Any]
+) -> None:
+    """A node a running rollout assigned a bundle it does not run yet is told to come back
+    sooner; once the rollout pauses, its next poll is answered by the database with the
+    project's interval. A node already running the bundle is still answered from memory: the
+    rollout's events are not about it."""
+    (node_id, node_key), (other_id, other_key) = fleet["node"], fleet["other"]
+    bundle_id = fleet["bundle_id"]
+    key = make_key(cached, "ops@example.com", ["rollouts:read", "rollouts:write"])
+    base = "/api/v1/projects/default/rollouts"
+    created = client.post(
+        base, json={"bundle_id": bundle_id, "strategy": "all_at_once"}, headers=bearer(key)
+    )
+    assert created.status_code == 201, created.get_json()
+    run_jobs(cached, backend.redis_url)  # the step starts: both nodes assigned
+    for state in ("downloaded", "staged", "activated", "verified"):
+        reply = client.post(
+            f"/api/v1/nodes/{other_id}/bundles/{bundle_id}/{state}",
+            json={},
+            headers={"X-Sentinel-Node-Key": other_key},
+        )
+        assert reply.status_code == 200, reply.get_json()
+    cache = fleet["cache"]
+    drain_events(cache, fleet["project_id"])
+    waiting, done = poll(client, node_id, node_key), poll(client, other_id, other_key)
+    assert waiting.get_json()["bundle_id"] == bundle_id
+    assert waiting.get_json()["poll_after_s"] == 5
+    assert done.get_json()["no_update"] is True
+    assert_answered_from_memory(client, node_id, node_key, waiting.headers["ETag"])
+    assert_answered_from_memory(client, other_id, other_key, done.headers["ETag"])
+
+    since, rollout_id = cache.version, created.get_json()["id"]
+    paused = client.post(f"{base}/{rollout_id}/pause", json={}, headers=bearer(key))
+    assert paused.status_code == 200, paused.get_json()
+    wait_for(
+        lambda: cache.rollout_invalidated_at.get(rollout_id, 0) > since,
+        timeout=10,
+        what="the rollout's event to reach the poll cache",
+    )
+    again = poll(client, node_id, node_key, waiting.headers["ETag"])
+    assert again.status_code == 200
+    assert again.get_json()["poll_after_s"] == done.get_json()["poll_after_s"] != 5
+    assert_answered_from_memory(client, other_id, other_key, done.headers["ETag"])
 
 
 def test_a_revoked_key_is_refused_on_its_next_poll(client: Any, fleet: dict[str, Any]) -> None:

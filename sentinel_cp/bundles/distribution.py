@@ -102,6 +102,15 @@ def assign(
     return len(rows)
 
 
+def taken_back(project_id: uuid.UUID, node_ids: Iterable[uuid.UUID]) -> None:
+    """Publish, with the commit, that these nodes' assignments were taken back (skipped,
+    cancelled, nothing to roll back to): a `node` event each, as `assign` publishes, so every
+    process forgets what it answered them (a rollout's own events reach only the nodes still
+    waiting for its bundle)."""
+    for node_id in node_ids:
+        events.publish_after_commit(project_id, "node", node_id, "unassigned")
+
+
 def poll_etag(assigned: str | None, active: str | None, offered: bool, poll_after_s: int) -> str:
     """An (unquoted) ETag naming the node's assignment state: what it would be told."""
     text = f"{assigned or '-'}|{active or '-'}|{int(offered)}|{poll_after_s}"

@@ -49,7 +49,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sentinel_cp.events import CHANNEL, is_node_audit_echo
+from sentinel_cp.events import CHANNEL, is_node_audit_echo, is_rollout_audit_echo
 
 log = logging.getLogger(__name__)
 MAX_ENTRIES = 200_000
@@ -66,6 +66,7 @@ class Entry:
     project: str
     read_at_version: int
     good_until: float  # time.monotonic()
+    rollout: str | None = None  # the rollout whose state the answer depends on (`waits_on`)
 
 
 class PollCache:
@@ -78,6 +79,7 @@ class PollCache:
         self.version = 0
         self.invalidated_at: dict[str, int] = {}  # project id -> version of its last event
         self.node_invalidated_at: dict[str, int] = {}  # node id -> version of its last event
+        self.rollout_invalidated_at: dict[str, int] = {}  # rollout id -> its last event's
         self.floor = 0  # entries read before this version are never trusted
         # Nodes whose `verified` report was published, until a heartbeat of theirs takes the
         # note (`take_verified`): that heartbeat is the evidence a rollout's gates wait for.
@@ -113,21 +115,32 @@ class PollCache:
         entry = self.entries.get(node)
         if entry is None or entry.credential != credential:
             return None
-        if not self.trusted(entry.project, entry.read_at_version, entry.good_until, node):
+        if not self.trusted(
+            entry.project, entry.read_at_version, entry.good_until, node, entry.rollout
+        ):
             self.entries.pop(node, None)
             return None
         return entry.etag
 
-    def trusted(self, project: str, read_at_version: int, good_until: float, node: str) -> bool:
+    def trusted(
+        self,
+        project: str,
+        read_at_version: int,
+        good_until: float,
+        node: str,
+        rollout: str | None = None,
+    ) -> bool:
         """Whether what was read about `node` of `project` at `read_at_version` is still
-        current: no event about the project or the node since, the listener subscribed all
-        along, not past `good_until`. (The heartbeat buffer remembers node snapshots by the
-        same rule.)"""
+        current: no event about the project or the node since — nor about `rollout`, the
+        rollout whose state the answer depends on, if any — the listener subscribed all along,
+        not past `good_until`. (The heartbeat buffer remembers node snapshots by the same
+        rule.)"""
         return (
             self.subscribed.is_set()
             and read_at_version >= self.floor
             and read_at_version >= self.invalidated_at.get(project, 0)
             and read_at_version >= self.node_invalidated_at.get(node, 0)
+            and (rollout is None or read_at_version >= self.rollout_invalidated_at.get(rollout, 0))
             and self.clock() < good_until
         )
 
@@ -138,8 +151,10 @@ class PollCache:
         project: str,
         read_at_version: int,
         valid_for_s: float = MAX_AGE_S,
+        rollout: str | None = None,
     ) -> None:
-        """Keep what a poll read at `read_at_version` (taken before its database read)."""
+        """Keep what a poll read at `read_at_version` (taken before its database read);
+        `rollout`: the rollout whose state the answer depends on (`NodeIdentity.waits_on`)."""
         if not self.subscribed.is_set() or valid_for_s <= 0:
             return
         node, credential = key
@@ -147,7 +162,7 @@ class PollCache:
             self._make_room()
         good_until = self.clock() + min(valid_for_s, MAX_AGE_S)
         self.entries.pop(node, None)  # re-inserted last: the dict's order is age
-        self.entries[node] = Entry(credential, etag, project, read_at_version, good_until)
+        self.entries[node] = Entry(credential, etag, project, read_at_version, good_until, rollout)
 
     def _make_room(self) -> None:
         """Drop expired entries; if that is not enough, the older half."""
@@ -160,21 +175,29 @@ class PollCache:
 
     # --- the listener side --------------------------------------------------------------------
 
-    def invalidate(self, project: str | None, node: str | None = None) -> None:
-        """An event about `node` (None: any node) of `project` (None: about anything) arrived."""
+    def invalidate(
+        self, project: str | None, node: str | None = None, rollout: str | None = None
+    ) -> None:
+        """An event about `node` or `rollout` (neither: the whole project) of `project` (None:
+        about anything) arrived."""
         with self._lock:
             self.version += 1
             if project is None:
                 self.floor = self.version
-            elif node is None:
-                self.invalidated_at[project] = self.version
+            elif node is not None:
+                self._note(self.node_invalidated_at, node)
+            elif rollout is not None:
+                self._note(self.rollout_invalidated_at, rollout)
             else:
-                if len(self.node_invalidated_at) >= MAX_ENTRIES:
-                    # bounded like the entries: forgetting every node's version is safe only
-                    # if everything read before now is forgotten with them
-                    self.node_invalidated_at.clear()
-                    self.floor = self.version
-                self.node_invalidated_at[node] = self.version
+                self.invalidated_at[project] = self.version
+
+    def _note(self, versions: dict[str, int], ident: str) -> None:
+        if len(versions) >= MAX_ENTRIES:
+            # bounded like the entries: forgetting every node's (rollout's) version is safe
+            # only if everything read before now is forgotten with them
+            versions.clear()
+            self.floor = self.version
+        versions[ident] = self.version
 
     def take_verified(self, node: str) -> bool:
         """Whether `node` reported a bundle verified since this was last asked about it."""
@@ -190,6 +213,7 @@ class PollCache:
             self.floor = self.version
             self.invalidated_at.clear()
             self.node_invalidated_at.clear()
+            self.rollout_invalidated_at.clear()
             self.entries.clear()
 
     def handle(self, message: dict[str, Any] | None) -> None:
@@ -268,17 +292,23 @@ class PollCache:
             pubsub.close()
 
 
-def event_scope(payload: Any) -> tuple[str | None, str | None] | None:
-    """What an event makes forget: (project, node), (project, None) for the whole project,
-    (None, None) for everything; None for nothing (the audit echo of a node change)."""
+def event_scope(payload: Any) -> tuple[str | None, str | None, str | None] | None:
+    """What an event makes forget, as (project, node, rollout): one node's entries, or those
+    whose answer depends on one rollout's state, or (project, None, None) the whole project,
+    (None, None, None) everything; None for nothing (the audit echo of a node or rollout
+    change, whose own event came in the same commit)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("project"), str):
-        return None, None
+        return None, None, None
     project, kind, ident = payload["project"], payload.get("kind"), payload.get("id")
     if kind == "node" and isinstance(ident, str):
-        return project, ident
-    if is_node_audit_echo(payload):
-        return None  # its `node` event came in the same commit
-    return project, None
+        return project, ident, None
+    if kind == "rollout" and isinstance(ident, str):
+        # A rollout's state decides only the `poll_after_s` of the nodes it assigned a bundle
+        # they do not run yet; what it assigns, or takes back, publishes `node` events.
+        return project, None, ident
+    if is_node_audit_echo(payload) or is_rollout_audit_echo(payload):
+        return None
+    return project, None, None
 
 
 def verified_node(payload: Any) -> str | None:
