@@ -445,6 +445,51 @@ def test_a_node_polls_downloads_verifies_and_reports_its_way_to_active(
     assert after.get_json()["no_update"] is True
 
 
+def test_a_delivery_row_keeps_what_each_report_said(
+    client: Any, app: Any, compiled: dict[str, Any]
+) -> None:
+    """A report's reason and logs are stored and kept by later reports that send none; each
+    state is timed: `activated` sets `activated_at`, `verified` sets `verified_at` and keeps
+    the activation time (or takes its own when `activated` was never reported)."""
+    import uuid
+
+    from sentinel_cp.bundles.models import NodeBundleStatus
+
+    def delivery(node_id: str) -> NodeBundleStatus:
+        with app.app_context():
+            row = db.session.scalars(
+                select(NodeBundleStatus).where(NodeBundleStatus.node_id == uuid.UUID(node_id))
+            ).one()
+            db.session.expunge(row)
+            return row
+
+    def report(node: tuple[str, str], state: str, **body: str) -> None:
+        url = f"/api/v1/nodes/{node[0]}/bundles/{compiled['id']}/{state}"
+        reply = client.post(url, json=body, headers=node_headers(node[1]))
+        assert reply.get_json() == {"status": "ok", "state": state}
+
+    edge, other = register_node(client, "edge-1"), register_node(client, "edge-2")
+    for node_id, _ in (edge, other):
+        assign(app, compiled["id"], node_id)
+    report(edge, "downloaded", reason="cache miss", logs="fetched 18231 bytes")
+    report(edge, "staged")
+    row = delivery(edge[0])
+    assert (row.state, row.reason, row.logs) == ("staged", "cache miss", "fetched 18231 bytes")
+    assert row.activated_at is None and row.verified_at is None
+    report(edge, "activated", logs="reloaded")
+    activated = delivery(edge[0])
+    assert activated.activated_at is not None and activated.logs == "reloaded"
+    assert activated.reason == "cache miss"
+    report(edge, "verified")
+    verified = delivery(edge[0])
+    assert verified.state == "verified" and verified.activated_at == activated.activated_at
+    assert verified.verified_at is not None and verified.verified_at >= verified.activated_at
+    report(other, "verified")  # straight to verified: activated then as well
+    straight = delivery(other[0])
+    assert straight.activated_at == straight.verified_at is not None
+    assert straight.reason is None and straight.logs is None
+
+
 def test_a_matching_etag_gets_304(client: Any, app: Any, compiled: dict[str, Any]) -> None:
     node_id, node_key = register_node(client, "edge-1")
     assign(app, compiled["id"], node_id)

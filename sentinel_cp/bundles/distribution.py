@@ -12,9 +12,9 @@ import hashlib
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, String, Text, Uuid, bindparam, func, select, update
 
 from sentinel_cp import audit, events, jobqueue, signing
 from sentinel_cp.audit import Actor
@@ -172,6 +172,63 @@ def downloadable(
     return bundle
 
 
+class Delivery(NamedTuple):
+    """The delivery row a status report moved (or found already in that state)."""
+
+    id: int
+    state: str
+    rollout_id: uuid.UUID | None
+    step_index: int | None
+
+
+# Built once: every status report runs these (Core: the report path needs no unit of work).
+_DELIVERIES = NodeBundleStatus.__table__
+_NEWEST_DELIVERY = (
+    select(
+        _DELIVERIES.c.id,
+        _DELIVERIES.c.state,
+        _DELIVERIES.c.rollout_id,
+        _DELIVERIES.c.step_index,
+        _DELIVERIES.c.activated_at,
+    )
+    .where(
+        # (typed here: the foreign-key columns learn their type only when mapped)
+        _DELIVERIES.c.node_id == bindparam("node_id", type_=Uuid()),
+        _DELIVERIES.c.bundle_id == bindparam("bundle_id", type_=String()),
+    )
+    .order_by(_DELIVERIES.c.id.desc())
+    .limit(1)
+    .with_for_update()
+)
+_MOVE_DELIVERY = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("row_id"))
+    .values(
+        state=bindparam("new_state"),
+        updated_at=bindparam("now", type_=_DELIVERIES.c.updated_at.type),
+        reason=func.coalesce(bindparam("new_reason", type_=String), _DELIVERIES.c.reason),
+        logs=func.coalesce(bindparam("new_logs", type_=Text), _DELIVERIES.c.logs),
+        activated_at=bindparam("new_activated_at", type_=_DELIVERIES.c.activated_at.type),
+        verified_at=func.coalesce(
+            bindparam("new_verified_at", type_=_DELIVERIES.c.verified_at.type),
+            _DELIVERIES.c.verified_at,
+        ),
+    )
+)
+
+
+@functools.cache
+def _set_active_bundle() -> Any:
+    from sentinel_cp.nodes import Node  # (nodes imports this module)
+
+    nodes = Node.__table__
+    return (
+        update(nodes)
+        .where(nodes.c.id == bindparam("node_id"))
+        .values(active_bundle_id=bindparam("active"))
+    )
+
+
 def report_status(
     *,
     node_id: uuid.UUID,
@@ -182,57 +239,50 @@ def report_status(
     reason: str | None,
     logs: str | None,
     now: datetime | None = None,
-) -> tuple[NodeBundleStatus, bool]:
+) -> tuple[Delivery, bool]:
     """Move the node's newest status row for this bundle forward; returns (row, changed).
 
     Repeating the current state is a no-op (retries are safe); moving backwards, or out of a
-    final state, is 409 `invalid_transition`.
+    final state, is 409 `invalid_transition`. The row is read under a row lock, so two reports
+    of one node cannot both move it from the same state.
     """
-    from sentinel_cp.nodes import Node
-
     now = now or utcnow()
-    row = db.session.scalars(
-        select(NodeBundleStatus)
-        .where(NodeBundleStatus.node_id == node_id, NodeBundleStatus.bundle_id == bundle_id)
-        .order_by(NodeBundleStatus.id.desc())
-        .limit(1)
-        .with_for_update()
-    ).first()
+    connection = db.session.connection()
+    row = connection.execute(_NEWEST_DELIVERY, {"node_id": node_id, "bundle_id": bundle_id}).first()
     if row is None:
         raise NotFound("This bundle was never assigned to this node", code="not_assigned")
+    delivery = Delivery(row.id, row.state, row.rollout_id, row.step_index)
     if row.state == state:
-        return row, False
+        return delivery, False
     if not _may_move(row.state, state):
         raise Conflict(
             f"Cannot report {state} after {row.state}",
             code="invalid_transition",
         )
-    before = row.state
-    row.state = state
-    row.updated_at = now
-    if reason is not None:
-        row.reason = reason
-    if logs is not None:
-        row.logs = logs
-    if state == "activated":
-        row.activated_at = now
-    if state == "verified":
-        row.verified_at = now
-        row.activated_at = row.activated_at or now
+    activated_at = row.activated_at
+    if state == "activated" or (state == "verified" and activated_at is None):
+        activated_at = now
+    connection.execute(
+        _MOVE_DELIVERY,
+        {
+            "row_id": row.id,
+            "new_state": state,
+            "now": now,
+            "new_reason": reason,
+            "new_logs": logs,
+            "new_activated_at": activated_at,
+            "new_verified_at": now if state == "verified" else None,
+        },
+    )
     if state in ("activated", "verified"):
-        db.session.execute(
-            update(Node)
-            .where(Node.id == node_id)
-            .values(active_bundle_id=bundle_id)
-            .execution_options(synchronize_session=False)
-        )
+        connection.execute(_set_active_bundle(), {"node_id": node_id, "active": bundle_id})
     audit.record(
         Actor("node", str(node_id), node_name),
         f"node.bundle_{state}",
         resource_type="node",
         resource_id=node_id,
         project_id=project_id,
-        changes={"state": [before, state]},
+        changes={"state": [row.state, state]},
         metadata={
             "bundle_id": bundle_id,
             "rollout_id": str(row.rollout_id) if row.rollout_id else None,
@@ -250,7 +300,7 @@ def report_status(
         jobqueue.enqueue_after_commit(
             "tick_rollout", str(row.rollout_id), job_id=f"tick-{row.rollout_id}", when=step_done
         )
-    return row, True
+    return delivery._replace(state=state), True
 
 
 def _step_settled(rollout_id: uuid.UUID, step_index: int | None, connection: Connection) -> bool:
