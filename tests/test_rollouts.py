@@ -260,6 +260,57 @@ def test_the_first_heartbeat_after_the_last_verified_report_ticks_the_rollout(
         buffer.cache.stop()
 
 
+def test_every_audited_rollout_change_publishes_its_rollout_event_in_the_same_batch(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    """The poll cache and the heartbeat buffer pass over the audit echo of a `rollout.*`
+    action (`events.is_rollout_audit_echo`) because the change's own `rollout` event goes out
+    after the same commit, in the same pipelined publish. Engine transitions, operator actions
+    and a rollback must each show that: an echo never arrives without a rollout event."""
+    from unittest import mock
+
+    from sentinel_cp import events
+
+    batches: list[list[dict[str, Any]]] = []
+    with mock.patch("sentinel_cp.events.send", lambda payloads: batches.append(list(payloads))):
+        created = create(client, key, bundle_id=bundle_id, strategy="rolling", batch_size=2)
+        assert created.status_code == 201, created.get_json()
+        rollout_id = created.get_json()["id"]
+        run_jobs(app, backend.redis_url)
+        for node in fleet[:2]:
+            apply_bundle(client, app, node, bundle_id)
+        run_jobs(app, backend.redis_url)  # step 1 bakes and completes, step 2 starts
+        for action in ("pause", "resume", "rollback"):
+            reply = client.post(
+                f"{BASE}/rollouts/{rollout_id}/{action}", json={}, headers=bearer(key)
+            )
+            assert reply.status_code == 200, (action, reply.get_json())
+        run_jobs(app, backend.redis_url)
+        other = create(client, key, bundle_id=bundle_id, strategy="all_at_once")
+        assert other.status_code == 201, other.get_json()
+        cancelled = client.post(
+            f"{BASE}/rollouts/{other.get_json()['id']}/cancel", json={}, headers=bearer(key)
+        )
+        assert cancelled.status_code == 200, cancelled.get_json()
+    seen: set[str] = set()
+    for batch in batches:
+        echoes = [e for e in batch if events.is_rollout_audit_echo(e)]
+        rollout_events = [e for e in batch if e["kind"] == "rollout"]
+        assert rollout_events or not echoes, batch
+        seen |= {e["state"] for e in echoes}
+    assert seen >= {
+        "rollout.created",
+        "rollout.started",
+        "rollout.step_started",
+        "rollout.step_baking",
+        "rollout.step_completed",
+        "rollout.paused",
+        "rollout.resumed",
+        "rollout.rolling_back",
+        "rollout.cancelled",
+    }, seen
+
+
 def test_nodes_in_a_running_rollout_are_told_to_come_back_sooner(
     client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
 ) -> None:
