@@ -710,6 +710,11 @@ async def test_the_agent_comes_back_as_soon_as_the_control_plane_asks(
     cp.heartbeat_poll_after_s = poll_after_s
     agent, _ = _bundle_agent(cp, tmp_path)
     agent.options.heartbeat_interval_s = 20.0
+    assert await _two_waits(agent) == [expected, expected]
+
+
+async def _two_waits(agent: Agent) -> list[float]:
+    """How long the agent waited after each of its first two heartbeats (then it stops)."""
     waits: list[float] = []
 
     async def pause(seconds: float) -> None:
@@ -719,7 +724,7 @@ async def test_the_agent_comes_back_as_soon_as_the_control_plane_asks(
 
     agent.pause = pause  # type: ignore[method-assign]
     assert await asyncio.wait_for(agent.run(), timeout=10) == 0
-    assert waits == [expected, expected]
+    return waits
 
 
 async def test_after_applying_a_bundle_the_agent_heartbeats_again_as_soon_as_it_may(
@@ -733,19 +738,10 @@ async def test_after_applying_a_bundle_the_agent_heartbeats_again_as_soon_as_it_
     bundle_id = cp.publish(build_archive())
     agent, _ = _bundle_agent(cp, tmp_path)
     agent.options.heartbeat_interval_s = 20.0
-    waits: list[float] = []
-
-    async def pause(seconds: float) -> None:
-        waits.append(seconds)
-        if len(waits) == 2:
-            agent.stop()
-
-    agent.pause = pause  # type: ignore[method-assign]
-    assert await asyncio.wait_for(agent.run(), timeout=10) == 0
+    after_apply, steady = await _two_waits(agent)
 
     assert [h["active_bundle_id"] for h in cp.heartbeats] == [None, bundle_id]
     assert cp.states() == ["downloaded", "staged", "activated", "verified"]
-    after_apply, steady = waits
     assert 0.0 <= after_apply <= MIN_HEARTBEAT_GAP_S
     assert steady == 20.0
 
