@@ -14,10 +14,14 @@ write is queued all the same (`read_heartbeat`). What is written at once, as bef
 coming online, a changed running bundle (which can verify a rollout step), the history sample
 due once a minute, and everything after a failed flush until the database takes a write again.
 A snapshot is trusted by the poll cache's rule
-(`PollCache.trusted`): no event about its project since it was read (key revocation, node
-deletion, an assignment, the staleness sweep — every change publishes one), 60–90 s at most
-(`MAX_AGE_S`; spread, so a fleet remembered at once is not read again all at once), and a
-token's `exp`.
+(`PollCache.trusted`): no event about its project, its node or the rollout whose bundle it
+waits for since it was read (key revocation, node deletion, an assignment, the staleness sweep
+— every change publishes one), 60–90 s at most (`MAX_AGE_S`; spread, so a fleet remembered at
+once is not read again all at once), and a token's `exp`.
+
+The flush also ticks rollouts: a node's first heartbeat since its `verified` report is the
+fresh one the rollout's gates wait for (`_gate_evidence`), so once it is written the rollout is
+ticked, if none of its deliveries is still on its way.
 
 What this costs, on purpose (`docs/decisions.md`): a process killed without its shutdown flush
 loses up to `FLUSH_S` of liveness it had acknowledged — the node's next heartbeat repeats it;

@@ -15,16 +15,21 @@ publishes an event naming its project after it commits (assignments, status repo
 revocation, node deletion, bundle revocation and collection, signing keys, project settings,
 rollout state), and so does a heartbeat that changes a node's running bundle. A listener thread
 subscribed to the channel marks what the event is about invalidated at a version number; an
-entry is good only if it was read after the last invalidation of its project and of its node
-(the version is taken before the database read, and an event is received only after its
-commit, so a read that raced a change is never trusted). What an event is about (`scope`): a
-`node` event names one node, and only that node's entries forget (a status report, an
-assignment, a node coming online, revoked or deleted); the `audit` event of a `node.*` action
-says nothing more — every such change publishes its `node` event in the same commit and the
-same pipelined publish — so it is passed over; every other event (project settings, signing
-keys, bundles, rollouts, anything unknown) makes the whole project forget. Until session 8 every
-event did that, so during a rollout each status report made every process re-read every node
-of the project. While the listener is not subscribed — not yet, or Redis went away or stopped
+entry is good only if it was read after the last invalidation of its project, of its node and
+of the rollout its answer depends on (the version is taken before the database read, and an
+event is received only after its commit, so a read that raced a change is never trusted). What
+an event is about (`scope`): a `node` event names one node, and only that node's entries forget
+(a status report, an assignment or one taken back, a node coming online, revoked or deleted); a
+`rollout` event forgets the entries remembered with that rollout (`NodeIdentity.waits_on`: the
+nodes it assigned a bundle they do not run yet, whose `poll_after_s` follows its state); the
+`audit` event of a `node.*` or `rollout.*` action says nothing more — every such change
+publishes its own event in the same commit and the same pipelined publish — so it is passed
+over; every other event (project settings, signing keys, bundles, anything unknown) makes the
+whole project forget. Until session 8 every event did that, so during a rollout each status
+report made every process re-read every node of the project; until session 9 so did every
+rollout transition. The listener also notes nodes whose `verified` report arrived
+(`take_verified`) for the heartbeat buffer, which ticks their rollout after their next
+heartbeat. While the listener is not subscribed — not yet, or Redis went away or stopped
 answering its pings, when events may be missed — nothing is answered from memory and
 everything is forgotten. An event its publisher failed to send (logged as "event(s) not
 published") is the one thing this cannot see: `MAX_AGE_S` bounds how long such an answer
