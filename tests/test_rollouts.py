@@ -513,6 +513,41 @@ def test_rollback_returns_every_node_to_its_previous_bundle(
     assert again.status_code == 409
 
 
+def test_assignments_taken_back_publish_an_event_for_each_node(
+    client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
+) -> None:
+    """A rollback with nothing to return a node to (it ran no bundle before) and a cancelled
+    rollout take assignments back; each such node gets a `node` event, so every process forgets
+    what it answered it (a rollout's own events reach only the nodes still waiting for it)."""
+    from unittest import mock
+
+    ids = {node_id for node_id, _ in fleet}
+    first = finish(client, app, backend, key, fleet, bundle_id)  # the fleet ran nothing before
+    newer = submit(client, key, route_config(3), "v2").get_json()["id"]
+    run_jobs(app, backend.redis_url)
+    batches: list[list[dict[str, Any]]] = []
+
+    def taken_back() -> set[str]:
+        found = {e["id"] for b in batches for e in b if e["state"] == "unassigned"}
+        batches.clear()
+        return found & ids
+
+    with mock.patch("sentinel_cp.events.send", lambda payloads: batches.append(list(payloads))):
+        rollback = client.post(f"{BASE}/rollouts/{first}/rollback", json={}, headers=bearer(key))
+        assert rollback.status_code == 200, rollback.get_json()
+        assert taken_back() == ids
+        other = create(client, key, bundle_id=newer, strategy="all_at_once")
+        assert other.status_code == 201, other.get_json()
+        run_jobs(app, backend.redis_url)  # every node assigned v2
+        assert taken_back() == set()
+        cancelled = client.post(
+            f"{BASE}/rollouts/{other.get_json()['id']}/cancel", json={}, headers=bearer(key)
+        )
+        assert cancelled.status_code == 200, cancelled.get_json()
+        assert taken_back() == ids  # none had reported: every assignment went back
+    assert assigned(app, fleet, newer) == []
+
+
 def test_on_failure_rollback_rolls_back_the_touched_nodes_automatically(
     client: Any, app: Any, backend: Any, key: str, bundle_id: str, fleet: list[tuple[str, str]]
 ) -> None:
