@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["console_support"]
 chromium = test_server.chromium  # the Selenium fixture of the server tests, shared
-SETTLE = 50  # should_see retries (0.1 s each) for what a handler's database round trip changes
+SETTLE = 100  # should_see retries (0.1 s each) for what a handler's database round trip changes
 
 
 # --- seeding through the domain ---------------------------------------------------------------

@@ -102,7 +102,7 @@ def assign(
     return len(rows)
 
 
-def taken_back(project_id: uuid.UUID, node_ids: Iterable[uuid.UUID]) -> None:
+def publish_taken_back(project_id: uuid.UUID, node_ids: Iterable[uuid.UUID]) -> None:
     """Publish, with the commit, that these nodes' assignments were taken back (skipped,
     cancelled, nothing to roll back to): a `node` event each, as `assign` publishes, so every
     process forgets what it answered them (a rollout's own events reach only the nodes still

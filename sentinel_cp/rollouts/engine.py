@@ -597,7 +597,7 @@ def _skip(
         .values(assigned_bundle_id=None, assigned_rollout_id=None)
         .execution_options(synchronize_session=False)
     )
-    distribution.taken_back(rollout.project_id, node_ids)
+    distribution.publish_taken_back(rollout.project_id, node_ids)
 
 
 def _mark_verified(rollout: Rollout, node_ids: Sequence[uuid.UUID], now: datetime) -> None:
@@ -736,7 +736,7 @@ def cancel(
             .values(assigned_bundle_id=Node.active_bundle_id, assigned_rollout_id=None)
             .execution_options(synchronize_session=False)
         )
-        distribution.taken_back(rollout.project_id, undelivered)
+        distribution.publish_taken_back(rollout.project_id, undelivered)
     _set_state(rollout, "cancelled", "operator_cancelled", reason or "cancelled", now)
     rollout.finished_at = now
     _operator_audit(actor, rollout, "rollout.cancelled", before, reason, now)
@@ -834,7 +834,7 @@ def _create_rollback(actor: Actor, original: Rollout, now: datetime) -> Rollout:
             .values(assigned_bundle_id=None, assigned_rollout_id=None)
             .execution_options(synchronize_session=False)
         )
-        distribution.taken_back(original.project_id, [uuid.UUID(n) for n in unassigned])
+        distribution.publish_taken_back(original.project_id, [uuid.UUID(n) for n in unassigned])
     counts: dict[str, int] = {}
     for target in targets.values():
         counts[target] = counts.get(target, 0) + 1
