@@ -257,7 +257,7 @@ class HeartbeatBuffer:
                 return 0
             self.writing = True
             for rollout in settled:
-                jobqueue.enqueue_now("tick_rollout", str(rollout), job_id=f"tick-{rollout}")
+                jobqueue.tick_rollout_now(rollout)
             return len(batch)
 
     def _requeue(self, batch: dict[uuid.UUID, dict[str, Any]]) -> None:

@@ -50,6 +50,17 @@ def enqueue_now(name: str, *args: Any, job_id: str, queue: str = "default") -> N
     _push((name, args, job_id, queue))
 
 
+def tick_rollout(rollout_id: object, when: Callable[[Connection], bool] | None = None) -> None:
+    """Ask for a tick of `rollout_id` once the current transaction commits (`enqueue_after_
+    commit`; one job id per rollout, so requests collapse)."""
+    enqueue_after_commit("tick_rollout", str(rollout_id), job_id=f"tick-{rollout_id}", when=when)
+
+
+def tick_rollout_now(rollout_id: object) -> None:
+    """Ask for a tick of `rollout_id` now: what prompted it is committed already."""
+    enqueue_now("tick_rollout", str(rollout_id), job_id=f"tick-{rollout_id}")
+
+
 def _push(request: tuple[str, tuple[Any, ...], str, str]) -> None:
     if _backend is None:
         log.info("no job queue in this process; %s left to its sweep", request[2])

@@ -617,11 +617,7 @@ def record_heartbeat(
             events.publish_now(events.event_payload(node.project_id, "node", node.id, "online"))
             if node.assigned_rollout_id is not None:
                 # running the assigned bundle counts as verified: let the rollout see it now
-                jobqueue.enqueue_now(
-                    "tick_rollout",
-                    str(node.assigned_rollout_id),
-                    job_id=f"tick-{node.assigned_rollout_id}",
-                )
+                jobqueue.tick_rollout_now(node.assigned_rollout_id)
     else:
         _write_heartbeat(db.session.connection(), node, values, now)
         if node.status != "online":
@@ -637,11 +633,7 @@ def record_heartbeat(
         if changed:
             events.publish_after_commit(node.project_id, "node", node.id, "online")
             if node.assigned_rollout_id is not None:
-                jobqueue.enqueue_after_commit(
-                    "tick_rollout",
-                    str(node.assigned_rollout_id),
-                    job_id=f"tick-{node.assigned_rollout_id}",
-                )
+                jobqueue.tick_rollout(node.assigned_rollout_id)
     return heartbeat_answer(ctx, now)
 
 

@@ -297,9 +297,7 @@ def report_status(
         step_done = None
         if state == "verified":
             step_done = functools.partial(_step_settled, row.rollout_id, row.step_index)
-        jobqueue.enqueue_after_commit(
-            "tick_rollout", str(row.rollout_id), job_id=f"tick-{row.rollout_id}", when=step_done
-        )
+        jobqueue.tick_rollout(row.rollout_id, when=step_done)
     return delivery._replace(state=state), True
 
 

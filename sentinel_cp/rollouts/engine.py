@@ -64,9 +64,7 @@ ENGINE = Actor.system("rollout-engine")
 
 def request_tick(rollout_id: uuid.UUID) -> None:
     """Ask for a tick once the current transaction commits (duplicates collapse)."""
-    jobqueue.enqueue_after_commit(
-        "tick_rollout", str(rollout_id), job_id=f"tick-{rollout_id}", queue="default"
-    )
+    jobqueue.tick_rollout(rollout_id)
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -1060,9 +1058,7 @@ def sweep(*, now: datetime | None = None) -> dict[str, int]:
         db.session.commit()
     running = db.session.scalars(select(Rollout.id).where(Rollout.state == "running")).all()
     for rollout_id in running:
-        jobqueue.enqueue_now(
-            "tick_rollout", str(rollout_id), job_id=f"tick-{rollout_id}", queue="default"
-        )
+        jobqueue.tick_rollout_now(rollout_id)
     return {"started": started, "ticked": len(running)}
 
 
