@@ -183,6 +183,7 @@ def route(
     produces: str | dict[str, dict[str, Any]] = "application/json",
     max_body: int | None = None,
     hot: bool = False,
+    who_only: bool = False,
     multipart: bool = False,
     shortcut: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -197,7 +198,9 @@ def route(
     app-wide body limit for this route (or raises it, for uploads). `multipart` lets a
     `multipart/form-data` request through to the view with `body=None` (the view reads
     `request.files`). `hot` (node routes) authenticates on the autocommit
-    hot-path connection, for the endpoints every node calls all the time. `shortcut` is
+    hot-path connection, for the endpoints every node calls all the time. `who_only` (node
+    routes) passes the view a `NodeWho` instead of a `NodeContext`, which may come from the
+    process's memory of the credential (`node_auth.require_node_who`). `shortcut` is
     called with the path arguments once the body's size is checked, before authentication,
     and may answer at once from what the process remembers about the credential (the poll's
     cached 304, a steady heartbeat); None lets the request through.
@@ -233,7 +236,10 @@ def route(
             elif auth_mode == "node":
                 from blueprints import node_auth  # imports ids, which imports this module
 
-                kwargs["node"] = node_auth.require_node(kwargs.pop("node_id"), hot=hot)
+                if who_only:
+                    kwargs["node"] = node_auth.require_node_who(kwargs.pop("node_id"))
+                else:
+                    kwargs["node"] = node_auth.require_node(kwargs.pop("node_id"), hot=hot)
             if is_form:
                 kwargs["body"] = None
             elif body is not None:

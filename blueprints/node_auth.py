@@ -4,10 +4,13 @@ authenticated node (403 `node_mismatch`)."""
 
 from __future__ import annotations
 
-from flask import g, request
+import time
+
+from flask import current_app, g, request
 
 from blueprints.ids import parse_uuid
 from sentinel_cp import nodes
+from sentinel_cp.bundles import pollcache
 from sentinel_cp.bundles.pollcache import PollCache
 from sentinel_cp.db import hot_connection
 from sentinel_cp.errors import Unauthorized
@@ -37,6 +40,26 @@ def require_node(path_node_id: str, *, hot: bool = False) -> nodes.NodeContext:
     nodes.require_same_node(ctx, node_id)
     g.node = ctx
     return ctx
+
+
+def require_node_who(path_node_id: str) -> nodes.NodeWho:
+    """Who the authenticated node is (`require_node`, reduced to `NodeWho`), answered from the
+    process's poll cache when this credential was found good and nothing but the node's own
+    progress through a bundle happened to it since (`PollCache.who_for`)."""
+    cache = pollcache.for_app(current_app)
+    key = credential_key(path_node_id) if cache is not None else None
+    if cache is None or key is None:
+        return require_node(path_node_id).who
+    who = cache.who_for(key)
+    if who is not None:
+        return who  # type: ignore[no-any-return]
+    version = cache.version  # before the database read
+    ctx = require_node(path_node_id)
+    valid_for_s = pollcache.MAX_AGE_S
+    if ctx.expires_at is not None:  # a token: good until it expires
+        valid_for_s = ctx.expires_at - time.time()
+    cache.remember_who(key, ctx.who, str(ctx.node.project_id), version, valid_for_s)
+    return ctx.who
 
 
 def credential_key(path_node_id: str) -> tuple[str, str] | None:

@@ -109,13 +109,10 @@ def _remember(etag: str, node: nodes.NodeContext) -> None:
     summary="The archive of the node's assigned or active bundle (or 302 to a presigned URL)",
     produces=MEDIA_TYPE,
     responses={302: "redirect to object storage"},
+    who_only=True,
 )
-def download(node: nodes.NodeContext, bundle_id: str) -> Any:
-    identity = node.node
-    assigned = identity.assigned["id"] if identity.assigned else None
-    bundle = distribution.downloadable(
-        identity.project_id, identity.active_bundle_id, assigned, bundle_id
-    )
+def download(node: nodes.NodeWho, bundle_id: str) -> Any:
+    bundle = distribution.downloadable(node.project_id, node.id, bundle_id)
     db.session.commit()
     backend = storage.current()
     url = backend.presigned_url(bundle.storage_key, PRESIGNED_TTL_S)
@@ -139,17 +136,17 @@ def download(node: nodes.NodeContext, bundle_id: str) -> Any:
     response=BundleStatusReportOut,
     max_body=SMALL_BODY,
     responses={409: "invalid_transition"},
+    who_only=True,
 )
 def report(
-    node: nodes.NodeContext, bundle_id: str, state: str, body: BundleStatusReportIn
+    node: nodes.NodeWho, bundle_id: str, state: str, body: BundleStatusReportIn
 ) -> dict[str, Any]:
     if state not in distribution.REPORTABLE:
         raise NotFound(f"Unknown state {state}", code="unknown_state")
-    identity = node.node
     distribution.report_status(
-        node_id=identity.id,
-        node_name=identity.name,
-        project_id=identity.project_id,
+        node_id=node.id,
+        node_name=node.name,
+        project_id=node.project_id,
         bundle_id=bundle_id,
         state=state,
         reason=body.reason,

@@ -392,6 +392,21 @@ class NodeContext:
     connection: Connection | None = None
     expires_at: int | None = None
 
+    @property
+    def who(self) -> NodeWho:
+        return NodeWho(self.node.id, self.node.project_id, self.node.name)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWho:
+    """Who an authenticated node is, and nothing that changes while it works through a
+    bundle: all a status report needs, which `node_auth.require_node_who` may therefore
+    answer from the process's memory of the credential."""
+
+    id: uuid.UUID
+    project_id: uuid.UUID
+    name: str
+
 
 def _identity(row: Any) -> NodeIdentity:
     values = row._mapping

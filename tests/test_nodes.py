@@ -482,6 +482,38 @@ def test_an_expired_token_is_401(client: Any, app: Any, token: str) -> None:
     assert response.get_json()["code"] == "token_expired"
 
 
+def test_a_good_signature_is_verified_once_but_expiry_and_tampering_every_time(
+    client: Any, app: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_id, key = make_node(client, token)
+    checked: list[bytes] = []
+    real_verify = signing.verify
+
+    def counting(public_key: str, message: bytes, signature: bytes) -> bool:
+        checked.append(signature)
+        return real_verify(public_key, message, signature)
+
+    monkeypatch.setattr(signing, "verify", counting)
+    with app.app_context():
+        ctx = nodes.authenticate_key(key)
+        jwt, expires = nodes.issue_token(ctx)
+        db.session.commit()
+        assert nodes.authenticate_token(jwt).node.id == uuid.UUID(node_id)
+        assert nodes.authenticate_token(jwt).node.id == uuid.UUID(node_id)
+        assert len(checked) == 1  # the second request reused the first one's verdict
+        with pytest.raises(Exception) as expired:
+            nodes.authenticate_token(jwt, now=expires + timedelta(seconds=1))
+        assert getattr(expired.value, "code", None) == "token_expired"
+        header, claims, signature = jwt.split(".")
+        raw = bytearray(signing._unb64url(signature))
+        raw[0] ^= 1
+        forged = f"{header}.{claims}.{signing._b64url(bytes(raw))}"
+        with pytest.raises(Exception) as refused:
+            nodes.authenticate_token(forged)
+        assert getattr(refused.value, "code", None) == "invalid_token"
+        assert len(checked) == 2
+
+
 def test_a_tampered_token_is_401(client: Any, token: str) -> None:
     node_id, key = make_node(client, token)
     header, _claims, signature = get_token(client, node_id, key).split(".")

@@ -24,7 +24,7 @@ from bundle_helpers import CONFIG, operator_key, register_node, run_jobs, setup_
 from conftest import Statements, bearer, drain_events, make_key, wait_for
 from fault_support import RedisProcess
 
-from sentinel_cp import heartbeat_buffer, metrics
+from sentinel_cp import heartbeat_buffer, metrics, nodes
 from sentinel_cp.bundles import distribution, pollcache
 from sentinel_cp.bundles.models import Bundle
 from sentinel_cp.db import db
@@ -130,6 +130,51 @@ def test_a_rollout_event_forgets_only_the_answers_that_depend_on_that_rollout() 
     assert cache.etag_for(other) == '"e2"' and cache.etag_for(done) == '"e3"'
     cache.handle(published("p1", "bundle", "b-1", "revoked"))
     assert cache.etag_for(other) is None and cache.etag_for(done) is None
+
+
+def test_who_a_credential_is_survives_the_nodes_progress_and_nothing_else() -> None:
+    """Status reports ask who a credential is (`who_for`). The node's own progress through a
+    bundle (assigned, taken back, its reports) forgets its poll answer but not who it is;
+    every other event about the node (key revoked, deleted, online, labels, a state nobody
+    knows yet) or its project forgets that too; so do another credential, a listener that is
+    not subscribed, and time."""
+    clock = Clock()
+    cache = subscribed_cache(clock)
+    who = object()
+
+    def known() -> bool:
+        return cache.who_for(KEY) is who
+
+    cache.remember_who(KEY, who, "p1", cache.version)
+    cache.remember(KEY, '"e1"', "p1", cache.version)
+    for state in ("assigned", "bundle_downloaded", "bundle_verified", "unassigned"):
+        cache.handle(published("p1", "node", KEY[0], state))
+        assert known(), state
+    assert cache.etag_for(KEY) is None  # the poll's answer did change
+    cache.handle(published("p1", "node", "n2", "key_revoked"))  # another node
+    assert known()
+    for event in (
+        ("p1", "node", KEY[0], "key_revoked"),
+        ("p1", "node", KEY[0], "deleted"),
+        ("p1", "node", KEY[0], "online"),
+        ("p1", "node", KEY[0], "reassigned-somehow"),
+        ("p1", "audit", "row-1", "signing_key.retired"),
+        (None, "user", "u-1", "created"),
+    ):
+        cache.remember_who(KEY, who, "p1", cache.version)
+        assert known()
+        cache.handle(published(*event))
+        assert not known(), event
+    cache.remember_who(KEY, who, "p1", cache.version)
+    assert cache.who_for((KEY[0], "another credential")) is None
+    cache.remember_who(KEY, who, "p1", cache.version - 1)  # read before the last event
+    assert not known()
+    cache.remember_who(KEY, who, "p1", cache.version, valid_for_s=5)
+    clock.now += 5
+    assert not known()
+    cache.remember_who(KEY, who, "p1", cache.version)
+    cache.subscribed.clear()
+    assert not known()
 
 
 def test_node_versions_are_bounded_and_forgetting_them_forgets_what_was_read(
@@ -416,6 +461,51 @@ def test_a_revoked_bundle_is_no_longer_offered(
     wait_for_event(cache, fleet["project_id"], node_id, since)
     after = poll(client, node_id, node_key, etag)
     assert after.status_code == 200 and after.get_json()["no_update"] is True
+
+
+def test_a_nodes_reports_read_its_credential_once_and_a_revoked_key_is_refused_at_once(
+    client: Any, cached: Any, fleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node working through a bundle sends four reports; its credential is read for the
+    first only (each report's own event is the node's progress, which leaves who it is
+    alone). Revoking its key makes the next report 401 as soon as the event arrived."""
+    node_id, node_key = fleet["node"]
+    cache, bundle_id = fleet["cache"], fleet["bundle_id"]
+    reads: list[str] = []
+    real_authenticate_key = nodes.authenticate_key
+
+    def counting(raw: str, connection: Any = None) -> Any:
+        reads.append(raw)
+        return real_authenticate_key(raw, connection)
+
+    monkeypatch.setattr(nodes, "authenticate_key", counting)
+    since = cache.version
+    assign(cached, bundle_id, node_id)
+    wait_for_event(cache, fleet["project_id"], node_id, since)
+
+    def report(state: str) -> Any:
+        return client.post(
+            f"/api/v1/nodes/{node_id}/bundles/{bundle_id}/{state}",
+            json={},
+            headers={"X-Sentinel-Node-Key": node_key},
+        )
+
+    for state in ("downloaded", "staged", "activated"):
+        since = cache.version
+        assert report(state).status_code == 200
+        wait_for_event(cache, fleet["project_id"], node_id, since)  # its own progress event
+    assert len(reads) == 1
+    since = cache.version
+    revoked = client.post(
+        f"/api/v1/projects/default/nodes/{node_id}/revoke-key",
+        json={},
+        headers=bearer(fleet["key"]),
+    )
+    assert revoked.status_code == 200, revoked.get_json()
+    wait_for_event(cache, fleet["project_id"], node_id, since)
+    refused = report("verified")
+    assert refused.status_code == 401 and refused.get_json()["code"] == "invalid_node_key"
+    assert len(reads) == 2
 
 
 def test_only_the_credential_that_was_answered_is_answered_from_memory(

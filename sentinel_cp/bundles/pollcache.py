@@ -74,6 +74,17 @@ class Entry:
     rollout: str | None = None  # the rollout whose state the answer depends on (`waits_on`)
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """Who a credential was found to be (`NodeWho`), for status reports."""
+
+    credential: str
+    who: Any
+    project: str
+    read_at_version: int
+    good_until: float
+
+
 class PollCache:
     """Per-process memory of poll answers, kept true by a pub/sub listener thread."""
 
@@ -85,6 +96,11 @@ class PollCache:
         self.invalidated_at: dict[str, int] = {}  # project id -> version of its last event
         self.node_invalidated_at: dict[str, int] = {}  # node id -> version of its last event
         self.rollout_invalidated_at: dict[str, int] = {}  # rollout id -> its last event's
+        # Who each node's last good credential is, for status reports: forgotten like an
+        # entry, except that the node's own progress through a bundle (`is_progress`) does
+        # not touch it — so a node's four reports read its credential once, not four times.
+        self.known: dict[str, Known] = {}
+        self.who_invalidated_at: dict[str, int] = {}  # node id -> its last other event's
         self.floor = 0  # entries read before this version are never trusted
         # Nodes whose `verified` report was published, until a heartbeat of theirs takes the
         # note (`take_verified`): that heartbeat is the evidence a rollout's gates wait for.
@@ -164,33 +180,79 @@ class PollCache:
             return
         node, credential = key
         if len(self.entries) >= MAX_ENTRIES and node not in self.entries:
-            self._make_room()
+            self._make_room(self.entries)
         good_until = self.clock() + min(valid_for_s, MAX_AGE_S)
         self.entries.pop(node, None)  # re-inserted last: the dict's order is age
         self.entries[node] = Entry(credential, etag, project, read_at_version, good_until, rollout)
 
-    def _make_room(self) -> None:
+    def who_for(self, key: tuple[str, str]) -> Any | None:
+        """Who this credential is (as remembered by `remember_who`), while still known to be
+        good: no event about its project, nor one about its node other than the node's own
+        progress through a bundle, since it was read; the listener subscribed all along."""
+        if not self.subscribed.is_set():
+            return None
+        node, credential = key
+        known = self.known.get(node)
+        if known is None or known.credential != credential:
+            return None
+        if not (
+            known.read_at_version >= self.floor
+            and known.read_at_version >= self.invalidated_at.get(known.project, 0)
+            and known.read_at_version >= self.who_invalidated_at.get(node, 0)
+            and self.clock() < known.good_until
+        ):
+            self.known.pop(node, None)
+            return None
+        return known.who
+
+    def remember_who(
+        self,
+        key: tuple[str, str],
+        who: Any,
+        project: str,
+        read_at_version: int,
+        valid_for_s: float = MAX_AGE_S,
+    ) -> None:
+        """Keep who a credential is, read at `read_at_version` (taken before the read)."""
+        if not self.subscribed.is_set() or valid_for_s <= 0:
+            return
+        node, credential = key
+        if len(self.known) >= MAX_ENTRIES and node not in self.known:
+            self._make_room(self.known)
+        good_until = self.clock() + min(valid_for_s, MAX_AGE_S)
+        self.known.pop(node, None)  # re-inserted last: the dict's order is age
+        self.known[node] = Known(credential, who, project, read_at_version, good_until)
+
+    def _make_room(self, remembered: dict[str, Any]) -> None:
         """Drop expired entries; if that is not enough, the older half."""
         now = self.clock()
-        for node in [n for n, e in list(self.entries.items()) if e.good_until <= now]:
-            self.entries.pop(node, None)
-        if len(self.entries) >= MAX_ENTRIES:
-            for node in list(self.entries)[: len(self.entries) // 2]:
-                self.entries.pop(node, None)
+        for node in [n for n, e in list(remembered.items()) if e.good_until <= now]:
+            remembered.pop(node, None)
+        if len(remembered) >= MAX_ENTRIES:
+            for node in list(remembered)[: len(remembered) // 2]:
+                remembered.pop(node, None)
 
     # --- the listener side --------------------------------------------------------------------
 
     def invalidate(
-        self, project: str | None, node: str | None = None, rollout: str | None = None
+        self,
+        project: str | None,
+        node: str | None = None,
+        rollout: str | None = None,
+        *,
+        progress: bool = False,
     ) -> None:
         """An event about `node` or `rollout` (neither: the whole project) of `project` (None:
-        about anything) arrived."""
+        about anything) arrived; `progress`: a node event that is only the node's progress
+        through a bundle (`is_progress`), which leaves who its credential is alone."""
         with self._lock:
             self.version += 1
             if project is None:
                 self.floor = self.version
             elif node is not None:
                 self._note(self.node_invalidated_at, node)
+                if not progress:
+                    self._note(self.who_invalidated_at, node)
             elif rollout is not None:
                 self._note(self.rollout_invalidated_at, rollout)
             else:
@@ -219,7 +281,9 @@ class PollCache:
             self.invalidated_at.clear()
             self.node_invalidated_at.clear()
             self.rollout_invalidated_at.clear()
+            self.who_invalidated_at.clear()
             self.entries.clear()
+            self.known.clear()
 
     def handle(self, message: dict[str, Any] | None) -> None:
         if message is None or message.get("type") != "message":
@@ -230,7 +294,7 @@ class PollCache:
             payload = None
         scope = event_scope(payload)
         if scope is not None:
-            self.invalidate(*scope)
+            self.invalidate(*scope, progress=is_progress(payload))
         verified = verified_node(payload)
         if verified is not None:
             with self._lock:
@@ -314,6 +378,20 @@ def event_scope(payload: Any) -> tuple[str | None, str | None, str | None] | Non
     if is_node_audit_echo(payload) or is_rollout_audit_echo(payload):
         return None
     return project, None, None
+
+
+# A node's own progress through a bundle: assigned or taken back, and its status reports.
+# Nothing about its credential changes with them; every other node event (registered,
+# online/offline, labels, key revoked, deleted, and any state added later) may.
+PROGRESS_STATES = frozenset({"assigned", "unassigned"})
+
+
+def is_progress(payload: Any) -> bool:
+    """Whether a `node` event is only the node's progress through a bundle."""
+    if not isinstance(payload, dict) or payload.get("kind") != "node":
+        return False
+    state = payload.get("state")
+    return isinstance(state, str) and (state in PROGRESS_STATES or state.startswith("bundle_"))
 
 
 def verified_node(payload: Any) -> str | None:
