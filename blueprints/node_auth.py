@@ -20,8 +20,14 @@ KEY_HEADERS = ("X-Sentinel-Node-Key", "X-Zentinel-Node-Key")
 
 def require_node(path_node_id: str, *, hot: bool = False) -> nodes.NodeContext:
     """The authenticated node. `hot` reads the credential on an autocommit hot-path
-    connection (closed when the request ends) that the endpoint then writes through."""
+    connection (closed when the request ends) that the endpoint then writes through.
+
+    With the poll cache on, a good credential is remembered as who it is (`NodeWho`), for the
+    status reports and downloads that follow (`require_node_who`)."""
     node_id = parse_uuid(path_node_id, "node_id")
+    cache = pollcache.for_app(current_app)
+    key = credential_key(path_node_id) if cache is not None else None
+    version = cache.version if cache is not None else 0  # before the database read
     connection = None
     if hot:
         connection = g.hot_connection = hot_connection()
@@ -39,6 +45,11 @@ def require_node(path_node_id: str, *, hot: bool = False) -> nodes.NodeContext:
         ctx = nodes.authenticate_key(value, connection)
     nodes.require_same_node(ctx, node_id)
     g.node = ctx
+    if cache is not None and key is not None:
+        valid_for_s = pollcache.MAX_AGE_S
+        if ctx.expires_at is not None:  # a token: good until it expires
+            valid_for_s = ctx.expires_at - time.time()
+        cache.remember_who(key, ctx.who, str(ctx.node.project_id), version, valid_for_s)
     return ctx
 
 
@@ -48,18 +59,11 @@ def require_node_who(path_node_id: str) -> nodes.NodeWho:
     progress through a bundle happened to it since (`PollCache.who_for`)."""
     cache = pollcache.for_app(current_app)
     key = credential_key(path_node_id) if cache is not None else None
-    if cache is None or key is None:
-        return require_node(path_node_id).who
-    who = cache.who_for(key)
-    if who is not None:
-        return who  # type: ignore[no-any-return]
-    version = cache.version  # before the database read
-    ctx = require_node(path_node_id)
-    valid_for_s = pollcache.MAX_AGE_S
-    if ctx.expires_at is not None:  # a token: good until it expires
-        valid_for_s = ctx.expires_at - time.time()
-    cache.remember_who(key, ctx.who, str(ctx.node.project_id), version, valid_for_s)
-    return ctx.who
+    if cache is not None and key is not None:
+        who = cache.who_for(key)
+        if who is not None:
+            return who  # type: ignore[no-any-return]
+    return require_node(path_node_id).who
 
 
 def credential_key(path_node_id: str) -> tuple[str, str] | None:

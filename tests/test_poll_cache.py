@@ -463,12 +463,12 @@ def test_a_revoked_bundle_is_no_longer_offered(
     assert after.status_code == 200 and after.get_json()["no_update"] is True
 
 
-def test_a_nodes_reports_read_its_credential_once_and_a_revoked_key_is_refused_at_once(
+def test_a_nodes_poll_and_reports_read_its_credential_once_and_a_revoked_key_is_refused_at_once(
     client: Any, cached: Any, fleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A node working through a bundle sends four reports; its credential is read for the
-    first only (each report's own event is the node's progress, which leaves who it is
-    alone). Revoking its key makes the next report 401 as soon as the event arrived."""
+    """A node working through a bundle polls, then sends its reports; its credential is read
+    for the poll only (each report's own event is the node's progress, which leaves who it
+    is alone). Revoking its key makes the next report 401 as soon as the event arrived."""
     node_id, node_key = fleet["node"]
     cache, bundle_id = fleet["cache"], fleet["bundle_id"]
     reads: list[str] = []
@@ -490,6 +490,8 @@ def test_a_nodes_reports_read_its_credential_once_and_a_revoked_key_is_refused_a
             headers={"X-Sentinel-Node-Key": node_key},
         )
 
+    assert poll(client, node_id, node_key).get_json()["bundle_id"] == bundle_id
+    assert len(reads) == 1
     for state in ("downloaded", "staged", "activated"):
         since = cache.version
         assert report(state).status_code == 200
