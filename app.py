@@ -138,7 +138,23 @@ def create_app(
     _install_dependency_handlers(app)
     register_blueprints(app)
     _install_request_hooks(app)
+    _install_steady_heartbeats(app)
     return app
+
+
+def _install_steady_heartbeats(app: Flask) -> None:
+    """Steady heartbeats answered from memory before Flask (`blueprints.steady_heartbeats`),
+    with the headers `_install_request_hooks` gives every API answer."""
+    from blueprints import node_api
+    from blueprints.steady_heartbeats import SteadyHeartbeats
+
+    app.wsgi_app = SteadyHeartbeats(  # type: ignore[method-assign]
+        app,
+        app.wsgi_app,
+        headers=security_headers(API_CSP, production=app.config["SENTINEL_SETTINGS"].is_production),
+        request_id_pattern=REQUEST_ID_PATTERN,
+        max_body=node_api.SMALL_BODY,
+    )
 
 
 def _import_models() -> None:

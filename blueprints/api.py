@@ -75,11 +75,15 @@ def validation_fields(exc: ValidationError | list[Any], prefix: str = "") -> dic
 
 
 def parse_json_body(schema: type[BaseModel]) -> BaseModel:
-    data = request.get_data(cache=True) or b"{}"
-    if data != b"{}":
-        mimetype = request.mimetype or ""
-        if mimetype != "application/json" and not mimetype.endswith("+json"):
-            raise UnsupportedMediaType()
+    return parse_json_data(request.get_data(cache=True), request.mimetype or "", schema)
+
+
+def parse_json_data(data: bytes, mimetype: str, schema: type[BaseModel]) -> BaseModel:
+    """A request body (`mimetype` its Content-Type without parameters) as `schema`; 4xx
+    errors naming the problem."""
+    data = data or b"{}"
+    if data != b"{}" and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType()
     try:
         raw = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:

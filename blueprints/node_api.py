@@ -91,7 +91,7 @@ def register(slug: str, body: RegisterIn) -> tuple[dict[str, Any], int]:
     shortcut=lambda node_id: buffered_heartbeat(node_id),
 )
 def heartbeat(node: nodes.NodeContext, body: HeartbeatIn) -> dict[str, Any]:
-    report = _report(body)
+    report = heartbeat_report(body)
     now = utcnow()
     remembered = g.pop("heartbeat_buffer", None)
     if remembered is not None:  # a steady one is batched like those answered from memory
@@ -120,14 +120,21 @@ def buffered_heartbeat(node_id: str) -> dict[str, Any] | None:
     g.heartbeat_buffer = (buffer, key, buffer.cache.version)  # before the credential read
     if not buffer.knows(key):  # (checked before the body is read, as authentication is)
         return None
-    body = cast(HeartbeatIn, parse_json_body(HeartbeatIn))
-    answer = buffer.heartbeat(key, _report(body), utcnow())
+    return steady_answer(buffer, key, cast(HeartbeatIn, parse_json_body(HeartbeatIn)))
+
+
+def steady_answer(
+    buffer: heartbeat_buffer.HeartbeatBuffer, key: tuple[str, str], body: HeartbeatIn
+) -> dict[str, Any] | None:
+    """The buffer's answer to a heartbeat of a credential it knows (None: the database path
+    answers); also what `steady_heartbeats` answers before Flask."""
+    answer = buffer.heartbeat(key, heartbeat_report(body), utcnow())
     if answer is not None:
         metrics.NODE_HEARTBEATS.inc()
     return answer
 
 
-def _report(body: HeartbeatIn) -> dict[str, Any]:
+def heartbeat_report(body: HeartbeatIn) -> dict[str, Any]:
     """The fields the node sent (absent ones keep their stored values)."""
     report = {name: getattr(body, name) for name in body.model_fields_set}
     for name in ("health", "metrics"):

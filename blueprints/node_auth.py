@@ -5,6 +5,7 @@ authenticated node (403 `node_mismatch`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from flask import current_app, g, request
 
@@ -79,12 +80,18 @@ def credential_key(path_node_id: str) -> tuple[str, str] | None:
 def presented_credential() -> tuple[str, str]:
     """(header, value) of the credential this request presents: `Authorization` when present
     (it alone counts), else the node key header; ("", "") when there is none."""
-    header = request.headers.get("Authorization")
+    return credential_in(request.headers)
+
+
+def credential_in(headers: Mapping[str, str]) -> tuple[str, str]:
+    """`presented_credential` of any request's headers (case-insensitive mapping)."""
+    header = headers.get("Authorization")
     if header is not None:
         return "Authorization", header
     for name in KEY_HEADERS:
-        if name in request.headers:
-            return name, request.headers[name]
+        value = headers.get(name)
+        if value is not None:
+            return name, value
     return "", ""
 
 

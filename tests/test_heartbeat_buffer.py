@@ -22,7 +22,7 @@ from bundle_helpers import operator_key, register_node, setup_project
 from conftest import Statements, bearer, drain_events, wait_for
 from sqlalchemy import func, select
 
-from blueprints import node_api
+from blueprints import node_api, steady_heartbeats
 from sentinel_cp import heartbeat_buffer, nodes
 from sentinel_cp.db import db, hot_connection, utcnow
 
@@ -127,6 +127,43 @@ def test_a_steady_heartbeat_runs_no_statement_and_lands_with_the_flush(
     assert node.active_bundle_id == BUNDLE_A  # absent from the report: left alone
     assert node.hostname is None and node.ip == "127.0.0.1"
     assert fleet["buffer"].flush() == 0
+
+
+def test_a_steady_heartbeat_is_answered_before_flask_exactly_as_the_route_answers_it(
+    client: Any, fleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`blueprints.steady_heartbeats` answers a steady heartbeat without Flask's request
+    machinery (the route's shortcut never runs), with the route's status, body and headers;
+    turned off, the route gives the same answer."""
+    online(client, fleet)
+    routed: list[str] = []
+    shortcut = node_api.buffered_heartbeat
+
+    def counting(node_id: str) -> Any:
+        routed.append(node_id)
+        return shortcut(node_id)
+
+    monkeypatch.setattr(node_api, "buffered_heartbeat", counting)
+    node_id, node_key = fleet["node"]
+    url = f"/api/v1/nodes/{node_id}/heartbeat"
+    headers = {"X-Sentinel-Node-Key": node_key, "X-Request-ID": "req-42"}
+    report = {"metrics": {"error_rate": 0.5}, "version": "2.1.0"}
+    early = client.post(url, json=report, headers=headers)
+    assert early.status_code == 200 and routed == []
+    fleet["clock"].advance(1)
+    monkeypatch.setattr(steady_heartbeats.SteadyHeartbeats, "_answer", lambda *_: None)
+    late = client.post(url, json=report, headers=headers)
+    assert late.status_code == 200 and routed == [node_id]
+
+    def same(response: Any) -> tuple[Any, ...]:
+        body = response.get_json()
+        body.pop("last_seen_at")
+        return body, sorted((k, v) for k, v in response.headers.items() if k != "Date")
+
+    assert same(early) == same(late)
+    assert early.headers["X-Request-ID"] == "req-42"
+    assert early.data.endswith(b"\n") and early.data.count(b" ") == late.data.count(b" ")
+    assert fleet["buffer"].flush() == 1
 
 
 def test_a_steady_heartbeat_of_a_node_not_remembered_costs_one_read(
