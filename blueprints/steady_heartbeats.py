@@ -84,6 +84,8 @@ class SteadyHeartbeats:
         key = PollCache.credential_key(node_id, header, value) if value else None
         if key is None or not buffer.knows(key):
             return None
+        if environ.get("HTTP_TRANSFER_ENCODING"):
+            return None  # a chunked body: the route reads it to its end
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:

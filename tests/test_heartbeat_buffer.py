@@ -166,6 +166,30 @@ def test_a_steady_heartbeat_is_answered_before_flask_exactly_as_the_route_answer
     assert fleet["buffer"].flush() == 1
 
 
+def test_a_chunked_heartbeat_is_left_to_the_route_which_reads_its_body(
+    app: Any, fleet: dict[str, Any]
+) -> None:
+    """A body without Content-Length (chunked) is not one the layer can read safely: the
+    route answers, and what the body said is what gets written."""
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    node_id, node_key = fleet["node"]
+    with app.test_client() as client:
+        online(client, fleet)
+    environ = EnvironBuilder(
+        path=f"/api/v1/nodes/{node_id}/heartbeat",
+        method="POST",
+        json={"version": "9.9.9"},
+        headers={"X-Sentinel-Node-Key": node_key, "Transfer-Encoding": "chunked"},
+    ).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = True
+    _, status, _ = run_wsgi_app(app, environ, buffered=True)
+    assert status == "200 OK"
+    assert fleet["buffer"].flush() == 1
+    assert stored(app, node_id).version == "9.9.9"
+
+
 def test_a_steady_heartbeat_of_a_node_not_remembered_costs_one_read(
     app: Any, client: Any, fleet: dict[str, Any]
 ) -> None:
