@@ -425,9 +425,15 @@ def test_a_rollout_pausing_reaches_the_nodes_still_waiting_for_its_bundle_only(
 
 def test_a_revoked_key_is_refused_on_its_next_poll(client: Any, fleet: dict[str, Any]) -> None:
     node_id, node_key = fleet["node"]
-    cache = fleet["cache"]
     etag = poll(client, node_id, node_key).headers["ETag"]
     assert_answered_from_memory(client, node_id, node_key, etag)
+    revoke_key(client, fleet)
+    assert poll(client, node_id, node_key, etag).status_code == 401
+
+
+def revoke_key(client: Any, fleet: dict[str, Any]) -> None:
+    """Revoke the node's key through the API; return once its event reached the cache."""
+    node_id, cache = fleet["node"][0], fleet["cache"]
     since = cache.version
     revoked = client.post(
         f"/api/v1/projects/default/nodes/{node_id}/revoke-key",
@@ -436,7 +442,6 @@ def test_a_revoked_key_is_refused_on_its_next_poll(client: Any, fleet: dict[str,
     )
     assert revoked.status_code == 200, revoked.get_json()
     wait_for_event(cache, fleet["project_id"], node_id, since)
-    assert poll(client, node_id, node_key, etag).status_code == 401
 
 
 def test_a_revoked_bundle_is_no_longer_offered(
@@ -497,14 +502,7 @@ def test_a_nodes_poll_and_reports_read_its_credential_once_and_a_revoked_key_is_
         assert report(state).status_code == 200
         wait_for_event(cache, fleet["project_id"], node_id, since)  # its own progress event
     assert len(reads) == 1
-    since = cache.version
-    revoked = client.post(
-        f"/api/v1/projects/default/nodes/{node_id}/revoke-key",
-        json={},
-        headers=bearer(fleet["key"]),
-    )
-    assert revoked.status_code == 200, revoked.get_json()
-    wait_for_event(cache, fleet["project_id"], node_id, since)
+    revoke_key(client, fleet)
     refused = report("verified")
     assert refused.status_code == 401 and refused.get_json()["code"] == "invalid_node_key"
     assert len(reads) == 2

@@ -47,6 +47,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,14 +177,15 @@ class PollCache:
     ) -> None:
         """Keep what a poll read at `read_at_version` (taken before its database read);
         `rollout`: the rollout whose state the answer depends on (`NodeIdentity.waits_on`)."""
-        if not self.subscribed.is_set() or valid_for_s <= 0:
-            return
         node, credential = key
-        if len(self.entries) >= MAX_ENTRIES and node not in self.entries:
-            self._make_room(self.entries)
-        good_until = self.clock() + min(valid_for_s, MAX_AGE_S)
-        self.entries.pop(node, None)  # re-inserted last: the dict's order is age
-        self.entries[node] = Entry(credential, etag, project, read_at_version, good_until, rollout)
+        self._keep(
+            self.entries,
+            node,
+            valid_for_s,
+            lambda good_until: Entry(
+                credential, etag, project, read_at_version, good_until, rollout
+            ),
+        )
 
     def who_for(self, key: tuple[str, str]) -> Any | None:
         """Who this credential is (as remembered by `remember_who`), while still known to be
@@ -214,14 +216,30 @@ class PollCache:
         valid_for_s: float = MAX_AGE_S,
     ) -> None:
         """Keep who a credential is, read at `read_at_version` (taken before the read)."""
+        node, credential = key
+        self._keep(
+            self.known,
+            node,
+            valid_for_s,
+            lambda good_until: Known(credential, who, project, read_at_version, good_until),
+        )
+
+    def _keep(
+        self,
+        remembered: dict[str, Any],
+        node: str,
+        valid_for_s: float,
+        make: Callable[[float], Any],
+    ) -> None:
+        """Store `make(good_until)` as what is remembered about `node` (nothing while not
+        subscribed), bounded by `MAX_ENTRIES`."""
         if not self.subscribed.is_set() or valid_for_s <= 0:
             return
-        node, credential = key
-        if len(self.known) >= MAX_ENTRIES and node not in self.known:
-            self._make_room(self.known)
+        if len(remembered) >= MAX_ENTRIES and node not in remembered:
+            self._make_room(remembered)
         good_until = self.clock() + min(valid_for_s, MAX_AGE_S)
-        self.known.pop(node, None)  # re-inserted last: the dict's order is age
-        self.known[node] = Known(credential, who, project, read_at_version, good_until)
+        remembered.pop(node, None)  # re-inserted last: the dict's order is age
+        remembered[node] = make(good_until)
 
     def _make_room(self, remembered: dict[str, Any]) -> None:
         """Drop expired entries; if that is not enough, the older half."""
