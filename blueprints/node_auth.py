@@ -4,7 +4,6 @@ authenticated node (403 `node_mismatch`)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 from flask import current_app, g, request
@@ -47,10 +46,8 @@ def require_node(path_node_id: str, *, hot: bool = False) -> nodes.NodeContext:
     nodes.require_same_node(ctx, node_id)
     g.node = ctx
     if cache is not None and key is not None:
-        valid_for_s = pollcache.MAX_AGE_S
-        if ctx.expires_at is not None:  # a token: good until it expires
-            valid_for_s = ctx.expires_at - time.time()
-        cache.remember_who(key, ctx.who, str(ctx.node.project_id), version, valid_for_s)
+        good_for_s = ctx.good_for_s(pollcache.MAX_AGE_S)
+        cache.remember_who(key, ctx.who, str(ctx.node.project_id), version, good_for_s)
     return ctx
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import (
@@ -95,11 +94,15 @@ def _remember(etag: str, node: nodes.NodeContext) -> None:
     if remembered is None:
         return
     cache, key, version = remembered
-    valid_for_s = pollcache.MAX_AGE_S
-    if node.expires_at is not None:  # a token: good until it expires
-        valid_for_s = node.expires_at - time.time()
     identity = node.node
-    cache.remember(key, etag, str(identity.project_id), version, valid_for_s, identity.waits_on)
+    cache.remember(
+        key,
+        etag,
+        str(identity.project_id),
+        version,
+        node.good_for_s(pollcache.MAX_AGE_S),
+        identity.waits_on,
+    )
 
 
 @route(

@@ -158,9 +158,7 @@ class HeartbeatBuffer:
     ) -> None:
         """Keep the snapshot of a node whose heartbeat was just queued or written (`values`),
         read at `read_at_version` (taken before the credential read)."""
-        valid_for_s = MAX_AGE_S * random.uniform(2 / 3, 1)
-        if ctx.expires_at is not None:
-            valid_for_s = min(valid_for_s, ctx.expires_at - time.time())
+        valid_for_s = ctx.good_for_s(MAX_AGE_S * random.uniform(2 / 3, 1))
         if not self.cache.subscribed.is_set() or valid_for_s <= 0:
             return
         node_id, credential = key

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -395,6 +396,13 @@ class NodeContext:
     @property
     def who(self) -> NodeWho:
         return NodeWho(self.node.id, self.node.project_id, self.node.name)
+
+    def good_for_s(self, limit: float) -> float:
+        """How long what this credential's read says may be remembered: `limit`, and never
+        past a token's `exp`."""
+        if self.expires_at is None:
+            return limit
+        return min(limit, self.expires_at - time.time())
 
 
 @dataclass(frozen=True, slots=True)
