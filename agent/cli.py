@@ -33,8 +33,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
-
 from agent import credentials as credentials_file
 from agent.apply import ApplyResult, BundleApplier
 from agent.client import (
@@ -43,6 +41,7 @@ from agent.client import (
     Backoff,
     HeartbeatAck,
     NodeClient,
+    NodeHttpClient,
     SigningKey,
     Unauthorized,
     Unreachable,
@@ -397,7 +396,7 @@ async def run_agent(args: argparse.Namespace) -> int:
         allow_key_refresh=True if args.allow_key_refresh else None,
     )
     driver = driver_from_args(args)
-    async with httpx.AsyncClient(timeout=10.0) as http:
+    async with NodeHttpClient(timeout=10.0) as http:
         client = NodeClient(
             options.url, http=http, use_token=options.use_token, backoff=options.backoff,
             max_attempts=3,

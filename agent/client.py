@@ -50,6 +50,7 @@ MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024
 MAX_REDIRECTS = 3
 MIN_HEARTBEAT_GAP_S = 1.1  # the server refuses more than one heartbeat a second per node
 MAX_STATUS_LOGS_BYTES = 32 * 1024
+MAX_CACHED_URLS = 32
 MAX_STATUS_REASON_CHARS = 500
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -399,6 +400,30 @@ class _HeldToken:
 # --- the client -----------------------------------------------------------------------------
 
 
+class _NoCookies(httpx.Cookies):
+    """Always empty: `extract_cookies` keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+_NO_COOKIES: Final = _NoCookies()
+
+
+class NodeHttpClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` without a cookie jar. The node protocol sets no cookies, yet httpx
+    builds urllib request and response adapters for every answer to look for them: ~10 % of
+    the simulator's CPU in a rollout (`py-spy record --gil`; docs/scaling.md, session 11)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, _cookies: object) -> None:
+        raise TypeError("a node's HTTP client keeps no cookies")
+
+
 class NodeClient:
     """The protocol, for one node.
 
@@ -427,7 +452,7 @@ class NodeClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=timeout_s)
+        self.http = http or NodeHttpClient(timeout=timeout_s)
         self.node_id = node_id
         self.node_key = node_key
         self.use_token = use_token
@@ -443,6 +468,7 @@ class NodeClient:
         # many more requests wait on it than it has connections, so they wait here instead.
         self.limiter = limiter or contextlib.nullcontext()
         self._token: _HeldToken | None = None
+        self._urls: dict[str, httpx.URL] = {}
         # After the server refused a token, the key is used alone until then (no ping-pong).
         self._token_retry_at = float("-inf")
 
@@ -458,8 +484,15 @@ class NodeClient:
 
     # --- transport ------------------------------------------------------------------------
 
-    def _url(self, path: str) -> str:
-        return f"{self.base_url}{API_PREFIX}{path}"
+    def _url(self, path: str) -> httpx.URL:
+        """Parsed once per path (httpx parses a `str` URL on every request); the paths a node
+        repeats are few (heartbeat, poll, a bundle's download and reports)."""
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= MAX_CACHED_URLS:
+                self._urls.clear()
+            url = self._urls[path] = httpx.URL(f"{self.base_url}{API_PREFIX}{path}")
+        return url
 
     async def _send(
         self,
@@ -725,7 +758,7 @@ class NodeClient:
         """The offer's `download_url` when it is on the control plane we were configured with
         (credentials go there), else the canonical path on that control plane."""
         node_id, _ = self._require_identity()
-        ours = httpx.URL(self._url(f"/nodes/{node_id}/bundles/{bundle_id}/download"))
+        ours = self._url(f"/nodes/{node_id}/bundles/{bundle_id}/download")
         if url:
             offered = httpx.URL(url)
             base = httpx.URL(self.base_url)

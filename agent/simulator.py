@@ -53,6 +53,7 @@ from agent.client import (
     Backoff,
     ControlPlaneError,
     NodeClient,
+    NodeHttpClient,
     SigningKey,
     Unreachable,
 )
@@ -380,7 +381,7 @@ class Simulation:
         if stagger is None:
             stagger = min(cfg.heartbeat_interval_s, cfg.nodes / 100)
         own = http is None
-        http = http or httpx.AsyncClient(
+        http = http or NodeHttpClient(
             transport=AiohttpTransport(max_connections=cfg.max_connections, timeout_s=10.0)
         )
         self.staging_root = Path(tempfile.mkdtemp(prefix="sentinel-sim-"))
