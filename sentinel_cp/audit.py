@@ -16,7 +16,10 @@ how it is linked into its chain depends on the database:
   after its commit, so a row whose own linker found the head taken is linked by the holder: the
   row committed before the holder released the head, and the holder's next look sees it. A
   process that dies between the two commits leaves its rows for the next link on that chain or
-  for `link_all`, which the cron runs every few seconds.
+  for `link_all`, which the cron runs every few seconds. Who links: an operator's or the
+  system's commit, its own request, one round (what committed meanwhile goes to the next);
+  a commit whose every row a node recorded (status reports), the process's `Linker` thread,
+  so a node's request answers right after its commit.
 
 Until it is linked a row is not listed, exported or verified (`seq IS NULL`), and it is not yet
 tamper-evident; that window is milliseconds, at most the cron interval. Chains are locked in a
@@ -33,6 +36,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -267,6 +271,7 @@ def record(
 
 
 LINK_KEY = "audit_link_chains"
+LATER_KEY = "audit_link_later"  # every row of this commit was recorded by a node
 LINK_BATCH = 1000
 
 
@@ -283,6 +288,7 @@ def _link_pending(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.add_all(pending)
         session.info.setdefault(LINK_KEY, set()).update(by_chain)
+        session.info[LATER_KEY] = all(row.actor_type == "node" for row in pending)
         return
     for chain in sorted(by_chain):
         rows = by_chain[chain]
@@ -298,12 +304,16 @@ def _link_after_commit(session: Session) -> None:
     """Link what this commit wrote (PostgreSQL), before its events go out. The change itself
     is committed: a failure here is logged and left to the next linker, never raised."""
     chains = session.info.pop(LINK_KEY, None)
+    later = session.info.pop(LATER_KEY, False)
     if not chains:
         return
     bind = session.get_bind()
+    if later:
+        linker.link_soon(bind, chains)
+        return
     for chain in sorted(chains):
         try:
-            link_chain(bind, chain)
+            link_chain(bind, chain, hand_off=True)
         except Exception:  # the sweep links it; the caller's commit stands
             log.exception("audit: linking chain %s failed; the cron sweep will link it", chain)
 
@@ -312,6 +322,7 @@ def _link_after_commit(session: Session) -> None:
 def _forget_links(session: Session, transaction: Any) -> None:
     if transaction.parent is None:
         session.info.pop(LINK_KEY, None)  # a commit that failed after `_link_pending`
+        session.info.pop(LATER_KEY, None)
 
 
 _TABLE = AuditLog.__table__
@@ -348,12 +359,16 @@ _linking: dict[str, bool] = {}
 _linking_lock = threading.Lock()
 
 
-def link_chain(bind: Engine | Connection, chain: str) -> int:
+def link_chain(bind: Engine | Connection, chain: str, *, hand_off: bool = False) -> int:
     """Link `chain`'s unlinked rows, oldest first, in transactions of their own; returns how
     many. Returns at once when another linker holds the chain head: it looks again after its
     commit and finds whatever committed meanwhile. Within one process a second caller only
     tells the thread already linking the chain to look again. Safe to run anywhere, any
-    number of times."""
+    number of times.
+
+    `hand_off` (a request that links its own commit): one round, then whatever committed
+    meanwhile is left to the process's audit linker thread, so a request never keeps linking
+    what others commit (during a rollout, hundreds of node reports a second)."""
     with _linking_lock:
         if chain in _linking:
             _linking[chain] = True
@@ -362,19 +377,26 @@ def link_chain(bind: Engine | Connection, chain: str) -> int:
     linked = 0
     try:
         while True:
-            linked += _link_rows(bind, chain)
+            done, more = _link_rows(bind, chain, once=hand_off)
+            linked += done
             with _linking_lock:
-                if not _linking[chain]:
-                    del _linking[chain]
-                    return linked
+                if hand_off or not (more or _linking[chain]):
+                    flagged = _linking.pop(chain)
+                    more = more or flagged
+                    break
                 _linking[chain] = False
     except BaseException:
         with _linking_lock:
             _linking.pop(chain, None)
         raise
+    if more:
+        linker.link_soon(bind, {chain})
+    return linked
 
 
-def _link_rows(bind: Engine | Connection, chain: str) -> int:
+def _link_rows(bind: Engine | Connection, chain: str, *, once: bool = False) -> tuple[int, bool]:
+    """Rounds of linking until no row is left (`once`: one round); returns how many rows it
+    linked and whether any was left."""
     linked = 0
     params = {"chain": chain}
     with bind.connect() if isinstance(bind, Engine) else contextlib.nullcontext(bind) as conn:
@@ -383,7 +405,7 @@ def _link_rows(bind: Engine | Connection, chain: str) -> int:
                 head = conn.execute(_TAKE_HEAD, params).first()
                 if head is None:
                     if conn.scalar(_HEAD_EXISTS, params) is not None:
-                        return linked  # held: its linker looks again after its commit
+                        return linked, False  # held: its linker looks again after its commit
                     conn.execute(
                         pg_insert(AuditChainHead)
                         .values(chain=chain, seq=0, last_hash=GENESIS_HASH)
@@ -395,7 +417,7 @@ def _link_rows(bind: Engine | Connection, chain: str) -> int:
                     for row in conn.execute(_UNLINKED, params)
                 ]
                 if not rows:
-                    return linked
+                    return linked, False
                 last_hash = _link(rows, head.seq + 1, head.last_hash)
                 conn.execute(
                     _SET_LINK,
@@ -415,7 +437,76 @@ def _link_rows(bind: Engine | Connection, chain: str) -> int:
             # Look again without the lock: rows that committed while this one held it.
             with conn.begin():
                 if conn.scalar(_ANY_UNLINKED, params) is None:
-                    return linked
+                    return linked, False
+            if once:
+                return linked, True
+
+
+class Linker:
+    """Links chains on a thread of its own: the commits whose every audit row a node recorded
+    (status reports, heartbeats that change a node's state). A rollout's node reports commit
+    hundreds of times a second into one chain; linked by each request after its commit, every
+    report paid two more transactions (~8 statements) and one request at a time kept linking
+    what the others committed meanwhile (reports of up to 1.9 s). Here one pass links whatever
+    accumulated, and the request answers right after its commit. Operators' and the system's
+    changes are still linked by their own request, before their events go out, so an operator
+    who changes something and opens the log sees it at once. A node's rows appear in the log
+    as soon as this thread has linked them (milliseconds; `wait_idle` in tests), when it
+    publishes one `audit` event per chain (`audit.linked`) for the pages that list them."""
+
+    def __init__(self) -> None:
+        self._reset()
+        # A forked child (an RQ work horse) has no such thread, and may have been forked while
+        # it held the condition's lock.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._pending: dict[str, Engine | Connection] = {}
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+
+    def link_soon(self, bind: Engine | Connection, chains: set[str]) -> None:
+        with self._cond:
+            for chain in chains:
+                self._pending[chain] = bind
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="audit-linker", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Until nothing is waiting to be linked and no pass is running (tests, shutdown)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: bool(self._pending))
+                pending, self._pending, self._busy = self._pending, {}, True
+            linked = []
+            for chain in sorted(pending):
+                try:
+                    if link_chain(pending[chain], chain):
+                        linked.append(chain)
+                except Exception:  # the cron's sweep links it
+                    log.exception(
+                        "audit: linking chain %s failed; the cron sweep will link it", chain
+                    )
+            events.send(
+                [
+                    events.event_payload(
+                        None if c == GLOBAL_CHAIN else c, "audit", None, "audit.linked"
+                    )
+                    for c in linked
+                ]
+            )
+
+
+linker = Linker()
 
 
 def link_all(bind: Engine) -> int:

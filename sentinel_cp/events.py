@@ -43,6 +43,16 @@ def is_node_audit_echo(payload: dict[str, Any]) -> bool:
     return payload.get("kind") == "audit" and str(payload.get("state") or "").startswith("node.")
 
 
+AUDIT_LINKED = "audit.linked"
+
+
+def is_audit_linked(payload: dict[str, Any]) -> bool:
+    """The background linker's word that a chain's newest rows are linked (`audit.Linker`):
+    news for pages listing the audit log only; the changes themselves published their own
+    events at their commits."""
+    return payload.get("kind") == "audit" and payload.get("state") == AUDIT_LINKED
+
+
 def is_rollout_audit_echo(payload: dict[str, Any]) -> bool:
     """The `audit` event of a `rollout.*` action. Every such action (created, started, each
     step and gate transition, operator actions, approvals, rollbacks) publishes a `rollout`

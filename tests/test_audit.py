@@ -13,11 +13,13 @@ import io
 import itertools
 import json
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from conftest import bearer, make_key, make_user
 from sqlalchemy import bindparam, select, text
 
@@ -82,6 +84,9 @@ def seed_project(app: Any, slug: str = "alpha") -> dict[str, str]:
                 now=T0 + timedelta(hours=hour),
             )
             db.session.commit()
+    # The node's row (seq 2) is linked by the background linker (PostgreSQL), and so is any
+    # row committed while that linker held the chain head.
+    assert audit.linker.wait_idle()
     return {"slug": slug, "id": str(pid)}
 
 
@@ -565,6 +570,7 @@ def test_concurrent_appends_to_one_chain_are_gap_free_and_valid(app: Any) -> Non
     assert errors == [], f"concurrent writers failed: {errors[:3]!r}"
 
     total = 5 + threads_n * per_thread
+    assert audit.linker.wait_idle()  # what committed while a writer linked is left to it
     rows = chain_rows(app, project["id"])
     assert [r["seq"] for r in rows] == list(range(1, total + 1))
     appended = [r for r in rows if r["action"] == "test.appended"]
@@ -579,14 +585,14 @@ def test_concurrent_appends_to_one_chain_are_gap_free_and_valid(app: Any) -> Non
 # --- linking: at commit on SQLite, right after it on PostgreSQL ------------------------------
 
 
-def _record_one(app: Any, pid: uuid.UUID, resource_id: str) -> None:
+def _record_one(app: Any, pid: uuid.UUID, resource_id: str, actor: Any = None) -> None:
     from sentinel_cp import audit
     from sentinel_cp.audit import Actor
     from sentinel_cp.db import db
 
     with app.app_context():
         audit.record(
-            Actor.system("test"),
+            actor or Actor.system("test"),
             "test.linked",
             resource_type="test",
             resource_id=resource_id,
@@ -643,6 +649,91 @@ def test_a_commit_never_waits_for_a_held_chain_head_on_postgres(app: Any) -> Non
         verdict = audit.verify_chain(pid)
         assert (verdict.valid, verdict.checked) == (True, 6)
     assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_commit_of_node_rows_is_linked_by_the_audit_linker_which_then_says_so(app: Any) -> None:
+    """On PostgreSQL a commit whose every row a node recorded (status reports) is linked by the
+    process's audit linker thread, which then publishes `audit.linked` for the chain; a commit
+    with anyone else's row is linked by its committer, before it returns. With the chain head
+    held elsewhere the node's commit returns at once and its row waits for the holder (here:
+    the next linker after it let go)."""
+    from sentinel_cp import audit, events
+    from sentinel_cp.audit import Actor
+    from sentinel_cp.db import db
+
+    project = seed_project(app)
+    pid = uuid.UUID(project["id"])
+    node = Actor("node", str(uuid.uuid4()), "edge-1")
+    if _dialect(app) == "sqlite":
+        _record_one(app, pid, "sqlite", node)
+        assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6]
+        return
+    listener = redis.Redis.from_url(app.config["REDIS_URL"]).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(events.CHANNEL)
+    try:
+        with app.app_context():
+            holder = db.engine.connect()
+            holder.execute(
+                text("SELECT seq FROM audit_chain_heads WHERE chain = :c FOR UPDATE"),
+                {"c": project["id"]},
+            )
+            try:
+                writer = threading.Thread(target=_record_one, args=(app, pid, "held", node))
+                writer.start()
+                writer.join(timeout=30)
+                assert not writer.is_alive(), "the node's commit waited for the chain head"
+                assert audit.linker.wait_idle()
+                assert [r["seq"] for r in chain_rows(app, project["id"])][-1] is None
+            finally:
+                holder.rollback()
+                holder.close()
+        _record_one(app, pid, "after", node)
+        assert audit.linker.wait_idle()
+        assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6, 7]
+        linked = []
+        deadline = time.monotonic() + 10
+        while not linked and time.monotonic() < deadline:
+            message = listener.get_message(timeout=1)  # None also for the subscription's own
+            if message is not None and events.is_audit_linked(json.loads(message["data"])):
+                linked.append(json.loads(message["data"]))
+        assert linked == [events.event_payload(pid, "audit", None, "audit.linked")]
+        # An operator's row: linked by its own commit, with no linker to wait for.
+        _record_one(app, pid, "operator", Actor("user", "u1", "ops@example.com"))
+        assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6, 7, 8]
+        with app.app_context():
+            verdict = audit.verify_chain(pid)
+            assert (verdict.valid, verdict.checked) == (True, 8)
+    finally:
+        listener.close()
+
+
+def test_a_request_links_one_round_and_leaves_what_came_meanwhile_to_the_linker(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's commit links its own row, then stops: a commit that came in meanwhile
+    (another thread telling it to look again) is linked by the audit linker thread, not by
+    the request, which would otherwise keep linking for as long as others commit."""
+    from sentinel_cp import audit
+
+    project = seed_project(app)
+    pid = uuid.UUID(project["id"])
+    if _dialect(app) == "sqlite":
+        return  # linked inside the commit; no linker involved
+    real_link_rows = audit._link_rows
+    rounds: list[str] = []
+
+    def meanwhile(bind: Any, chain: str, *, once: bool = False) -> tuple[int, bool]:
+        rounds.append(threading.current_thread().name)
+        if len(rounds) == 1:
+            audit._linking[chain] = True  # what a commit of another thread here does
+        return real_link_rows(bind, chain, once=once)
+
+    monkeypatch.setattr(audit, "_link_rows", meanwhile)
+    _record_one(app, pid, "operator", audit.Actor("user", "u1", "ops@example.com"))
+    assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6]
+    assert audit.linker.wait_idle()
+    assert rounds == [threading.current_thread().name, "audit-linker"]
+    assert not audit._linking
 
 
 def test_a_failed_link_keeps_the_change_and_the_sweep_links_it(

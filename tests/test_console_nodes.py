@@ -539,4 +539,5 @@ def test_the_fleet_pages_follow_a_node_change_once_not_its_audit_echo() -> None:
     assert hears(event_payload(project, "audit", uuid.uuid4(), "group.created"))
     assert not hears(event_payload(project, "audit", uuid.uuid4(), "node.online"))
     assert not hears(event_payload(project, "audit", uuid.uuid4(), "node.bundle_verified"))
+    assert not hears(event_payload(project, "audit", None, "audit.linked"))
     assert not hears(event_payload(other, "node", node, "online"))

@@ -310,6 +310,9 @@ class RolloutMachine(RuleBasedStateMachine):
         ).one()
 
     def _audit_head(self) -> int:
+        # Nodes' rows are linked by the audit linker thread on PostgreSQL: wait for it, so
+        # every row committed so far has its sequence number.
+        assert audit.linker.wait_idle()
         return int(
             db.session.scalar(
                 select(func.coalesce(func.max(AuditLog.seq), 0)).where(
@@ -319,6 +322,7 @@ class RolloutMachine(RuleBasedStateMachine):
         )
 
     def _audit_since(self, seq: int) -> list[str]:
+        assert audit.linker.wait_idle()
         return list(
             db.session.scalars(
                 select(AuditLog.action)
@@ -1000,6 +1004,7 @@ class RolloutMachine(RuleBasedStateMachine):
         # `_create_rollback`, so the original's `rollout.rolled_back` row came before the row
         # that moved it to `rolling_back` (replay:
         # test_a_rollback_with_nothing_to_return_is_audited_in_order).
+        assert audit.linker.wait_idle()
         rows = db.session.execute(
             select(
                 AuditLog.seq,

@@ -55,7 +55,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sentinel_cp.events import CHANNEL, is_node_audit_echo, is_rollout_audit_echo
+from sentinel_cp.events import (
+    CHANNEL,
+    is_audit_linked,
+    is_node_audit_echo,
+    is_rollout_audit_echo,
+)
 
 log = logging.getLogger(__name__)
 MAX_ENTRIES = 200_000
@@ -383,7 +388,7 @@ def event_scope(payload: Any) -> tuple[str | None, str | None, str | None] | Non
     """What an event makes forget, as (project, node, rollout): one node's entries, or those
     whose answer depends on one rollout's state, or (project, None, None) the whole project,
     (None, None, None) everything; None for nothing (the audit echo of a node or rollout
-    change, whose own event came in the same commit)."""
+    change, whose own event came in the same commit; the audit linker's `audit.linked`)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("project"), str):
         return None, None, None
     project, kind, ident = payload["project"], payload.get("kind"), payload.get("id")
@@ -393,7 +398,7 @@ def event_scope(payload: Any) -> tuple[str | None, str | None, str | None] | Non
         # A rollout's state decides only the `poll_after_s` of the nodes it assigned a bundle
         # they do not run yet; what it assigns, or takes back, publishes `node` events.
         return project, None, ident
-    if is_node_audit_echo(payload) or is_rollout_audit_echo(payload):
+    if is_node_audit_echo(payload) or is_rollout_audit_echo(payload) or is_audit_linked(payload):
         return None
     return project, None, None
 
