@@ -447,10 +447,12 @@ class Linker:
     (status reports, heartbeats that change a node's state). A rollout's node reports commit
     hundreds of times a second into one chain; linked by each request after its commit, every
     report paid two more transactions (~8 statements) and one request at a time kept linking
-    what the others committed meanwhile (reports of up to 1.9 s). Here one pass links whatever
+    what the others committed meanwhile (reports of up to 1.9 s). Here one round links whatever
     accumulated, and the request answers right after its commit. Operators' and the system's
-    changes are still linked by their own request, before their events go out, so an operator
-    who changes something and opens the log sees it at once. A node's rows appear in the log
+    changes are still linked by their own request, before their events go out (unless this
+    thread is linking that chain at the moment: then it does), so an operator who changes
+    something and opens the log sees it. A chain with more to link after a round waits for the
+    next pass behind the other chains. A node's rows appear in the log
     as soon as this thread has linked them (milliseconds; `wait_idle` in tests), when it
     publishes one `audit` event per chain (`audit.linked`) for the pages that list them."""
 
@@ -489,8 +491,8 @@ class Linker:
                 pending, self._pending, self._busy = self._pending, {}, True
             linked = []
             for chain in sorted(pending):
-                try:
-                    if link_chain(pending[chain], chain):
+                try:  # one round per chain and pass, so a busy chain does not starve the others
+                    if link_chain(pending[chain], chain, hand_off=True):
                         linked.append(chain)
                 except Exception:  # the cron's sweep links it
                     log.exception(
@@ -499,7 +501,7 @@ class Linker:
             events.send(
                 [
                     events.event_payload(
-                        None if c == GLOBAL_CHAIN else c, "audit", None, "audit.linked"
+                        None if c == GLOBAL_CHAIN else c, "audit", None, events.AUDIT_LINKED
                     )
                     for c in linked
                 ]

@@ -86,6 +86,7 @@ def test_the_audit_echo_of_a_node_change_is_passed_over_and_other_events_forget_
     cache.handle(published("p1", "audit", "row-1", "node.bundle_verified"))
     assert cache.version == version and cache.etag_for(KEY) == '"e1"'
     cache.handle(published("p1", "audit", None, "audit.linked"))  # the audit linker's news
+    cache.handle(published(None, "audit", None, "audit.linked"))  # ... of the global chain
     assert cache.version == version and cache.etag_for(KEY) == '"e1"'
     cache.handle(published("p1", "audit", "row-2", "project.settings_updated"))
     assert cache.etag_for(KEY) is None  # settings, signing keys, bundles: every node

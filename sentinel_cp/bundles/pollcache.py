@@ -389,6 +389,8 @@ def event_scope(payload: Any) -> tuple[str | None, str | None, str | None] | Non
     whose answer depends on one rollout's state, or (project, None, None) the whole project,
     (None, None, None) everything; None for nothing (the audit echo of a node or rollout
     change, whose own event came in the same commit; the audit linker's `audit.linked`)."""
+    if isinstance(payload, dict) and is_audit_linked(payload):
+        return None  # the global chain's too, which names no project
     if not isinstance(payload, dict) or not isinstance(payload.get("project"), str):
         return None, None, None
     project, kind, ident = payload["project"], payload.get("kind"), payload.get("id")
@@ -398,7 +400,7 @@ def event_scope(payload: Any) -> tuple[str | None, str | None, str | None] | Non
         # A rollout's state decides only the `poll_after_s` of the nodes it assigned a bundle
         # they do not run yet; what it assigns, or takes back, publishes `node` events.
         return project, None, ident
-    if is_node_audit_echo(payload) or is_rollout_audit_echo(payload) or is_audit_linked(payload):
+    if is_node_audit_echo(payload) or is_rollout_audit_echo(payload):
         return None
     return project, None, None
 
