@@ -8,6 +8,7 @@ attacker with database access would do it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -15,6 +16,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -609,6 +611,30 @@ def _dialect(app: Any) -> str:
         return str(db.engine.dialect.name)
 
 
+@contextlib.contextmanager
+def _committed_while_the_head_is_held(
+    app: Any, pid: uuid.UUID, resource_id: str, actor: Any = None
+) -> Iterator[None]:
+    """One audited change committed (by a thread of its own) while another transaction holds
+    the chain head's row lock, which it keeps for the body of the `with` (PostgreSQL)."""
+    from sentinel_cp.db import db
+
+    with app.app_context():
+        holder = db.engine.connect()
+        holder.execute(
+            text("SELECT seq FROM audit_chain_heads WHERE chain = :c FOR UPDATE"), {"c": str(pid)}
+        )
+        try:
+            writer = threading.Thread(target=_record_one, args=(app, pid, resource_id, actor))
+            writer.start()
+            writer.join(timeout=30)
+            assert not writer.is_alive(), "the audited commit waited for the chain head"
+            yield
+        finally:
+            holder.rollback()
+            holder.close()
+
+
 def test_a_commit_never_waits_for_a_held_chain_head_on_postgres(app: Any) -> None:
     """On PostgreSQL a request's transaction does not touch the chain head: with the head
     locked by another transaction the audited commit returns, its row unlinked and not yet
@@ -623,16 +649,7 @@ def test_a_commit_never_waits_for_a_held_chain_head_on_postgres(app: Any) -> Non
         assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6]
         return
     with app.app_context():
-        holder = db.engine.connect()
-        holder.execute(
-            text("SELECT seq FROM audit_chain_heads WHERE chain = :c FOR UPDATE"),
-            {"c": project["id"]},
-        )
-        try:
-            writer = threading.Thread(target=_record_one, args=(app, pid, "while-held"))
-            writer.start()
-            writer.join(timeout=30)
-            assert not writer.is_alive(), "the audited commit waited for the chain head"
+        with _committed_while_the_head_is_held(app, pid, "while-held"):
             rows = chain_rows(app, project["id"])
             assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, None]
             verdict = audit.verify_chain(pid)
@@ -640,9 +657,6 @@ def test_a_commit_never_waits_for_a_held_chain_head_on_postgres(app: Any) -> Non
             page = audit.list_entries(pid, audit.AuditFilter(), limit=50, cursor=None)
             assert page.total == 5 and "test.linked" not in [r.action for r in page.items]
             assert audit.link_chain(db.engine, project["id"]) == 0  # held elsewhere: skipped
-        finally:
-            holder.rollback()
-            holder.close()
         assert audit.link_all(db.engine) == 1
         assert audit.link_all(db.engine) == 0  # nothing left: a repeat does nothing
         db.session.rollback()
@@ -659,7 +673,6 @@ def test_a_commit_of_node_rows_is_linked_by_the_audit_linker_which_then_says_so(
     the next linker after it let go)."""
     from sentinel_cp import audit, events
     from sentinel_cp.audit import Actor
-    from sentinel_cp.db import db
 
     project = seed_project(app)
     pid = uuid.UUID(project["id"])
@@ -671,22 +684,9 @@ def test_a_commit_of_node_rows_is_linked_by_the_audit_linker_which_then_says_so(
     listener = redis.Redis.from_url(app.config["REDIS_URL"]).pubsub(ignore_subscribe_messages=True)
     listener.subscribe(events.CHANNEL)
     try:
-        with app.app_context():
-            holder = db.engine.connect()
-            holder.execute(
-                text("SELECT seq FROM audit_chain_heads WHERE chain = :c FOR UPDATE"),
-                {"c": project["id"]},
-            )
-            try:
-                writer = threading.Thread(target=_record_one, args=(app, pid, "held", node))
-                writer.start()
-                writer.join(timeout=30)
-                assert not writer.is_alive(), "the node's commit waited for the chain head"
-                assert audit.linker.wait_idle()
-                assert [r["seq"] for r in chain_rows(app, project["id"])][-1] is None
-            finally:
-                holder.rollback()
-                holder.close()
+        with _committed_while_the_head_is_held(app, pid, "held", node):
+            assert audit.linker.wait_idle()
+            assert [r["seq"] for r in chain_rows(app, project["id"])][-1] is None
         _record_one(app, pid, "after", node)
         assert audit.linker.wait_idle()
         assert [r["seq"] for r in chain_rows(app, project["id"])] == [1, 2, 3, 4, 5, 6, 7]
