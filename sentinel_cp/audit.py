@@ -312,10 +312,17 @@ def _link_after_commit(session: Session) -> None:
         linker.link_soon(bind, chains)
         return
     for chain in sorted(chains):
-        try:
-            link_chain(bind, chain, hand_off=True)
-        except Exception:  # the sweep links it; the caller's commit stands
-            log.exception("audit: linking chain %s failed; the cron sweep will link it", chain)
+        _link_or_log(bind, chain)  # the caller's commit stands whatever happens here
+
+
+def _link_or_log(bind: Engine | Connection, chain: str) -> int:
+    """`link_chain(…, hand_off=True)` for those who must not fail with it (after a commit, on
+    the linker thread): a failure is logged and left to the cron's sweep."""
+    try:
+        return link_chain(bind, chain, hand_off=True)
+    except Exception:
+        log.exception("audit: linking chain %s failed; the cron sweep will link it", chain)
+        return 0
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -452,9 +459,10 @@ class Linker:
     changes are still linked by their own request, before their events go out (unless this
     thread is linking that chain at the moment: then it does), so an operator who changes
     something and opens the log sees it. A chain with more to link after a round waits for the
-    next pass behind the other chains. A node's rows appear in the log
-    as soon as this thread has linked them (milliseconds; `wait_idle` in tests), when it
-    publishes one `audit` event per chain (`audit.linked`) for the pages that list them."""
+    next pass behind the other chains. A node's rows appear in the log as soon as this thread
+    has linked them (milliseconds; `wait_idle` in tests), when it publishes one `audit` event
+    per chain (`audit.linked`) for the pages that list them. Rows handed to a process that
+    then exits are linked by the next linker of their chain or the cron's sweep."""
 
     def __init__(self) -> None:
         self._reset()
@@ -478,7 +486,7 @@ class Linker:
             self._cond.notify()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Until nothing is waiting to be linked and no pass is running (tests, shutdown)."""
+        """Until nothing is waiting to be linked and no pass is running (tests)."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
@@ -489,15 +497,8 @@ class Linker:
                 self._cond.notify_all()
                 self._cond.wait_for(lambda: bool(self._pending))
                 pending, self._pending, self._busy = self._pending, {}, True
-            linked = []
-            for chain in sorted(pending):
-                try:  # one round per chain and pass, so a busy chain does not starve the others
-                    if link_chain(pending[chain], chain, hand_off=True):
-                        linked.append(chain)
-                except Exception:  # the cron's sweep links it
-                    log.exception(
-                        "audit: linking chain %s failed; the cron sweep will link it", chain
-                    )
+            # One round per chain and pass, so a busy chain does not starve the others.
+            linked = [chain for chain in sorted(pending) if _link_or_log(pending[chain], chain)]
             events.send(
                 [
                     events.event_payload(

@@ -749,7 +749,7 @@ def test_a_failed_link_keeps_the_change_and_the_sweep_links_it(
     pid = uuid.UUID(project["id"])
     real_link_chain = audit.link_chain
 
-    def broken(bind: Any, chain: str) -> int:
+    def broken(bind: Any, chain: str, *, hand_off: bool = False) -> int:
         raise RuntimeError("connection lost while linking")
 
     monkeypatch.setattr(audit, "link_chain", broken)
